@@ -1,0 +1,97 @@
+"""Settings: the one place that reads the POLICY_SITE_* environment variables.
+
+Everything else receives a `Settings` object explicitly, so tests build their own
+without touching the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    ledger_path: Path = Path("var/ledger.sqlite3")
+    # A path or an http(s) URL of the published policy-versions.json.
+    manifest: str = "site/policy-versions.json"
+    allowed_origins: tuple[str, ...] = ()
+    # None turns the admin routes (export) off.
+    admin_token: str | None = None
+    max_body: int = 65536
+    # Submissions per client per minute; 0 turns the limit off.
+    rate_limit: int = 10
+    # The built site served beside the API by `policy-site serve`.
+    site_dir: Path = Path("site")
+    # Mail (double opt-in confirmations and change notices).
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    mail_from: str = "policies@localhost"
+    # Where people reach the site and the service; links in e-mails start here.
+    base_url: str = "http://127.0.0.1:8000"
+    # Key for signed links in e-mails; when unset, a random key kept in the ledger is used.
+    secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read POLICY_SITE_* once; unset variables keep their defaults."""
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(f"POLICY_SITE_{name}")
+            return value if value not in (None, "") else None
+
+        def integer(name: str, default: int, minimum: int = 0) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(
+                    f"POLICY_SITE_{name} must be a whole number, got {raw!r}."
+                ) from None
+            if value < minimum:
+                raise SettingsError(f"POLICY_SITE_{name} must be at least {minimum}, got {value}.")
+            return value
+
+        def boolean(name: str, default: bool) -> bool:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"POLICY_SITE_{name} must be true or false, got {raw!r}.")
+
+        origins = get("ALLOWED_ORIGINS")
+        return cls(
+            ledger_path=Path(get("LEDGER") or d.ledger_path),
+            manifest=get("MANIFEST") or d.manifest,
+            allowed_origins=tuple(
+                o.strip().rstrip("/") for o in (origins or "").split(",") if o.strip()
+            ),
+            admin_token=get("ADMIN_TOKEN"),
+            max_body=integer("MAX_BODY", d.max_body, minimum=1),
+            rate_limit=integer("RATE_LIMIT", d.rate_limit),
+            site_dir=Path(get("SITE_DIR") or d.site_dir),
+            smtp_host=get("SMTP_HOST") or d.smtp_host,
+            smtp_port=integer("SMTP_PORT", d.smtp_port, minimum=1),
+            smtp_starttls=boolean("SMTP_STARTTLS", d.smtp_starttls),
+            smtp_user=get("SMTP_USER"),
+            smtp_password=get("SMTP_PASSWORD"),
+            mail_from=get("MAIL_FROM") or d.mail_from,
+            base_url=(get("BASE_URL") or d.base_url).rstrip("/"),
+            secret=get("SECRET"),
+        )
