@@ -1,0 +1,152 @@
+"""Signed, expiring links in e-mails: confirm an address, agree to a new version, withdraw, unsubscribe.
+
+A token is `base64url(payload) "." base64url(HMAC-SHA256(key, payload))`, where the payload is compact
+JSON `[purpose, receipt_id, policy_id, version, expires]` (expires in whole Unix seconds). Nothing about
+the person is in the token beyond the receipt id, which the person already holds from the receipt page.
+
+Signing and checking are pure. Whether a valid link was already *used* is not a property of the token:
+the caller decides it from the ledger (a confirmation entry for that receipt, a reconsent for that
+version), so a link cannot be replayed after it did its work. `signing_key` is the one impure helper:
+it finds the key in settings or keeps a random one in the ledger database, so the service and the
+CLI agree without configuration.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PURPOSES = ("confirm", "reconsent", "withdraw", "unsubscribe")
+Purpose = Literal["confirm", "reconsent", "withdraw", "unsubscribe"]
+
+# How long each kind of link works. An unsubscribe link must keep working as long as the mail it came
+# in might be read; a confirmation is meant to be followed soon after the form was sent.
+LIFETIME: dict[str, int] = {
+    "confirm": 14 * 86400,
+    "reconsent": 180 * 86400,
+    "withdraw": 180 * 86400,
+    "unsubscribe": 730 * 86400,
+}
+
+# A domain-separation prefix, so a MAC made with this key for anything else can never pass as a link.
+_CONTEXT = b"policy-site link v1\n"
+
+
+class TokenRefused(Exception):
+    """A link that must not be acted on; `reason` is one plain sentence, `status` the HTTP status."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class LinkClaim:
+    purpose: str
+    receipt_id: str
+    policy_id: str
+    version: str
+    expires: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    # validate=True: refuse characters outside the alphabet instead of silently skipping them.
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+
+
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, _CONTEXT + payload, hashlib.sha256).digest()
+
+
+def sign(
+    key: bytes,
+    purpose: Purpose,
+    receipt_id: str,
+    policy_id: str,
+    version: str,
+    *,
+    now: float,
+    lifetime: int | None = None,
+) -> str:
+    """Return a token for one purpose that expires `lifetime` seconds (default: LIFETIME[purpose]) from now."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"Unknown link purpose {purpose!r}; use one of {', '.join(PURPOSES)}.")
+    expires = int(now) + (LIFETIME[purpose] if lifetime is None else lifetime)
+    payload = json.dumps(
+        [purpose, receipt_id, policy_id, version, expires], separators=(",", ":"), ensure_ascii=True
+    ).encode("ascii")
+    return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
+
+
+def verify(key: bytes, token: str, purpose: Purpose, *, now: float) -> LinkClaim:
+    """Check signature, purpose and expiry; raise TokenRefused naming what is wrong."""
+    if not token or len(token) > 1024 or token.count(".") != 1:
+        raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.")
+    payload_part, mac_part = token.split(".")
+    try:
+        payload = _unb64(payload_part)
+        mac = _unb64(mac_part)
+    except (binascii.Error, ValueError):
+        raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.") from None
+    # Constant-time comparison: a timing difference must not reveal how much of a forged MAC was right.
+    if not hmac.compare_digest(mac, _mac(key, payload)):
+        raise TokenRefused("This link was not issued by us or has been altered; it cannot be used.")
+    fields = _parse_payload(payload)
+    claim = LinkClaim(*fields)
+    if claim.purpose != purpose:
+        raise TokenRefused(f"This link is for '{claim.purpose}', not for this page.")
+    if now > claim.expires:
+        raise TokenRefused("This link has expired; links in our e-mails work for a limited time.", 410)
+    return claim
+
+
+def _parse_payload(payload: bytes) -> tuple[str, str, str, str, int]:
+    # Only reached with a valid MAC, so a bad payload means a bug on our side, not an attack;
+    # still refuse it plainly rather than fail with a traceback.
+    try:
+        data: Any = json.loads(payload)
+    except ValueError:
+        data = None
+    if (
+        not isinstance(data, list)
+        or len(data) != 5
+        or not all(isinstance(x, str) for x in data[:4])
+        or not isinstance(data[4], int)
+    ):
+        raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.")
+    return data[0], data[1], data[2], data[3], data[4]
+
+
+def signing_key(connection: Any, secret: str | None) -> bytes:
+    """The HMAC key: POLICY_SITE_SECRET if set, else a random key kept in the ledger's `meta` table.
+
+    `connection` is an apsw.Connection to the ledger database. The key is created once, inside a write
+    transaction with INSERT OR IGNORE, so two processes starting together end up with the same key.
+    """
+    if secret:
+        return hashlib.sha256(secret.encode("utf-8")).digest()
+    # BEGIN IMMEDIATE takes the write lock first, so a concurrent first start cannot hit a stale snapshot.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
+            ("link_key", secrets.token_hex(32)),
+        )
+        row = connection.execute("SELECT value FROM meta WHERE name = ?", ("link_key",)).fetchone()
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return bytes.fromhex(row[0])
