@@ -1,0 +1,218 @@
+"""E-mail messages (address confirmation, change notice) and their delivery over SMTP.
+
+Messages are built with `email.message.EmailMessage` under the default policy, which refuses CR or LF
+in a header value; we keep it that way. The only stored text that reaches a header is the recipient's
+address, checked here again. The subject carries the policy title from our own manifest, with control
+characters removed. Everything else stored (the change summary) goes only into the body, HTML-escaped
+in the HTML part.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import smtplib
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+from .settings import Settings
+
+# C0 and C1 control characters plus the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class MailError(Exception):
+    """A message cannot be built or delivered; one plain sentence."""
+
+
+@dataclass(frozen=True)
+class ChangeNotice:
+    """One material change of one policy, as the manifest describes it."""
+
+    policy_id: str
+    title: str
+    url: str  # relative to the site root, e.g. "privacy/"
+    date: str
+    effective: str
+    summary: str
+    version: str
+
+
+def header_text(text: str, limit: int = 120) -> str:
+    """Text safe for a header value: control characters become spaces, runs of spaces collapse."""
+    return " ".join(_CONTROL.sub(" ", text).split())[:limit]
+
+
+def body_text(text: str) -> str:
+    """Body text with line endings normalised and other control characters removed."""
+    return _BODY_CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def recipient(email: str) -> str:
+    """The address as a header value, or MailError when it is not one plain address."""
+    if _CONTROL.search(email):
+        raise MailError("The e-mail address contains control characters; it cannot be written to.")
+    try:
+        address = Address(addr_spec=email.strip())
+    except (ValueError, IndexError, HeaderParseError) as e:
+        raise MailError(f"The e-mail address {email!r} is not valid: {e}.") from None
+    if not address.username or not address.domain:
+        raise MailError(f"The e-mail address {email!r} is not valid; it needs a name and a domain.")
+    return address.addr_spec
+
+
+def changes_url(settings: Settings, notice: ChangeNotice) -> str:
+    return f"{settings.base_url}/{notice.url.lstrip('/')}changes/"
+
+
+def _envelope(settings: Settings, to: str, subject: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = settings.mail_from
+    msg["To"] = recipient(to)
+    msg["Subject"] = header_text(subject, limit=200)
+    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    domain = settings.mail_from.rpartition("@")[2].strip(" >") or "localhost"
+    msg["Message-ID"] = make_msgid(domain=domain)
+    # Tell auto-responders not to answer (RFC 3834).
+    msg["Auto-Submitted"] = "auto-generated"
+    return msg
+
+
+def _paragraphs_html(text: str) -> str:
+    return "".join(
+        f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in text.split("\n\n") if p.strip()
+    )
+
+
+def _link_html(url: str, label: str) -> str:
+    return f'<p><a href="{html.escape(url, quote=True)}">{html.escape(label)}</a></p>'
+
+
+def _html(title: str, inner: str) -> str:
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"</head><body>{inner}</body></html>"
+    )
+
+
+def confirmation_message(settings: Settings, *, to: str, title: str, confirm_url: str) -> EmailMessage:
+    """The double opt-in mail: one link that confirms the address for change notices of one policy."""
+    title = header_text(title) or "our policies"
+    msg = _envelope(settings, to, f"Please confirm: e-mails when our {title} changes")
+    intro = (
+        f"You asked us to e-mail you when our {title} changes. "
+        "Please confirm that this address is yours by opening this link:"
+    )
+    after = (
+        "If you did not ask for this, ignore this message: we will not write to you about changes, "
+        "and the link stops working after 14 days."
+    )
+    msg.set_content(f"Hello,\n\n{intro}\n\n{confirm_url}\n\n{after}\n")
+    msg.add_alternative(
+        _html(
+            "Please confirm",
+            f"<p>Hello,</p><p>{html.escape(intro)}</p>"
+            + _link_html(confirm_url, "Yes, e-mail me when this policy changes")
+            + f"<p>{html.escape(after)}</p>",
+        ),
+        subtype="html",
+    )
+    return msg
+
+
+def notice_message(
+    settings: Settings,
+    *,
+    to: str,
+    notice: ChangeNotice,
+    reconsent_url: str,
+    withdraw_url: str,
+    unsubscribe_url: str,
+) -> EmailMessage:
+    """The change notice: what changed, when it takes effect, and links to agree, withdraw or stop."""
+    title = header_text(notice.title) or notice.policy_id
+    msg = _envelope(settings, to, f"Our {title} changes on {header_text(notice.effective, 10)}")
+    # RFC 2369 and RFC 8058: mail clients show an unsubscribe button that POSTs to this URL.
+    msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    summary = body_text(notice.summary)
+    changes = changes_url(settings, notice)
+    facts = f"Changed on: {notice.date}\nTakes effect: {notice.effective}"
+    intro = f"You asked us to e-mail you when our {title} changes. We have changed it."
+    ask = "You may agree to the new version, or withdraw your consent."
+    msg.set_content(
+        f"Hello,\n\n{intro}\n\n{facts}\n\nWhat changed:\n{summary}\n\n"
+        f"Read the changes: {changes}\n\n{ask}\n\n"
+        f"I agree to the new version: {reconsent_url}\n\n"
+        f"I withdraw my consent: {withdraw_url}\n\n"
+        f"Stop e-mails about changes: {unsubscribe_url}\n"
+    )
+    msg.add_alternative(
+        _html(
+            title,
+            f"<p>Hello,</p><p>{html.escape(intro)}</p>"
+            f"<p>Changed on: {html.escape(notice.date)}<br>Takes effect: {html.escape(notice.effective)}</p>"
+            f"<h2>What changed</h2>{_paragraphs_html(summary)}"
+            + _link_html(changes, "Read the changes")
+            + f"<p>{html.escape(ask)}</p>"
+            + _link_html(reconsent_url, "I agree to the new version")
+            + _link_html(withdraw_url, "I withdraw my consent")
+            + _link_html(unsubscribe_url, "Stop e-mails about changes"),
+        ),
+        subtype="html",
+    )
+    return msg
+
+
+class SmtpSession:
+    """One SMTP connection; `send` delivers one message to exactly one recipient."""
+
+    def __init__(self, smtp: smtplib.SMTP) -> None:
+        self._smtp = smtp
+
+    def send(self, msg: EmailMessage) -> None:
+        """Send, or raise MailError. The envelope names only the To address, never more."""
+        to = recipient(str(msg["To"]))
+        try:
+            refused = self._smtp.send_message(msg, to_addrs=[to])
+        except (smtplib.SMTPException, OSError) as e:
+            raise MailError(f"The mail server did not take the message: {e}.") from e
+        if refused:
+            raise MailError(f"The mail server refused the recipient: {refused}.")
+
+
+@contextmanager
+def smtp_session(settings: Settings, *, timeout: float = 30.0) -> Iterator[SmtpSession]:
+    """Connect (STARTTLS and login when configured) or raise MailError naming the setting to check."""
+    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    try:
+        smtp = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout)
+    except OSError as e:
+        raise MailError(
+            f"Cannot reach the mail server at {where} ({e}); check POLICY_SITE_SMTP_HOST and _PORT."
+        ) from e
+    try:
+        try:
+            if settings.smtp_starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if settings.smtp_user:
+                smtp.login(settings.smtp_user, settings.smtp_password or "")
+        except (smtplib.SMTPException, OSError) as e:
+            raise MailError(
+                f"The mail server at {where} refused STARTTLS or login ({e}); "
+                "check POLICY_SITE_SMTP_STARTTLS, _USER and _PASSWORD."
+            ) from e
+        yield SmtpSession(smtp)
+    finally:
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
