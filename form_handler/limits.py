@@ -1,0 +1,131 @@
+"""Request limits: the body size, counted on the byte stream, and a per-client submission rate.
+
+Neither Starlette nor uvicorn limits a request body, and Content-Length can lie (or be absent, with
+chunked encoding), so the body limit counts the bytes the app actually receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Builds the 413 answer; the app passes one that renders HTML for form posts.
+Refusal = Callable[[Scope, int, dict[str, str]], Response]
+
+
+class BodyTooLarge(Exception):
+    """Raised from receive() once more than max_body bytes arrived."""
+
+
+def json_refusal(scope: Scope, status: int, errors: dict[str, str]) -> Response:
+    return JSONResponse({"errors": errors}, status_code=status)
+
+
+class BodyLimitMiddleware:
+    """Answer 413 when a request body is, or claims to be, larger than max_body bytes."""
+
+    def __init__(self, app: ASGIApp, max_body: int, refusal: Refusal = json_refusal) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.refusal = refusal
+
+    def _too_large(self, scope: Scope) -> Response:
+        message = f"The request body is larger than {self.max_body} bytes; shorten the message."
+        return self.refusal(scope, 413, {"body": message})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                # Refuse up front, before reading a byte; an unparsable length is left to the stream count.
+                if value.strip().isdigit() and int(value) > self.max_body:
+                    await self._too_large(scope)(scope, receive, send)
+                    return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if started:  # cannot happen for our routes, which read the body before answering
+                raise
+            await self._too_large(scope)(scope, receive, send)
+
+
+class RateLimiter:
+    """Sliding-window limit of `per_minute` hits per client; 0 turns it off.
+
+    Client addresses are kept only as keyed hashes (a random key per process, never stored), only in
+    memory, and only for a minute; at most `max_clients` are tracked, the least recently seen dropped first.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        window: float = 60.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_minute = per_minute
+        self.window = window
+        self.max_clients = max_clients
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._hits: OrderedDict[bytes, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+    def hit(self, client: str) -> float | None:
+        """Count one hit; return None if allowed, else the seconds until the client may try again."""
+        if self.per_minute <= 0:
+            return None
+        now = self._clock()
+        key = hmac.new(self._key, client.encode("utf-8", "replace"), hashlib.sha256).digest()
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+        self._hits.move_to_end(key)
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.per_minute:
+            return max(hits[0] + self.window - now, 0.001)
+        hits.append(now)
+        self._evict(now)
+        return None
+
+    def _evict(self, now: float) -> None:
+        while len(self._hits) > self.max_clients:
+            self._hits.popitem(last=False)
+        # The oldest entries go first once their window passed, so memory follows the live clients.
+        while self._hits:
+            key, hits = next(iter(self._hits.items()))
+            if hits and hits[-1] > now - self.window:
+                break
+            del self._hits[key]
+

@@ -1,0 +1,117 @@
+"""Body-size limit on the byte stream, and the per-client rate limit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from form_handler.limits import BodyLimitMiddleware, RateLimiter
+
+seen: list[int] = []
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    seen.append(len(body))
+    return JSONResponse({"received": len(body)})
+
+
+def make_client(max_body: int = 100) -> TestClient:
+    app = Starlette(routes=[Route("/", echo, methods=["POST"])],
+                    middleware=[Middleware(BodyLimitMiddleware, max_body=max_body)])
+    return TestClient(app)
+
+
+def chunks(total: int, size: int = 10) -> Iterator[bytes]:
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+def test_body_at_the_limit_passes() -> None:
+    assert make_client().post("/", content=b"x" * 100).json() == {"received": 100}
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    seen.clear()
+    response = make_client().post("/", content=b"x" * 101)
+    assert response.status_code == 413 and "100 bytes" in response.json()["errors"]["body"]
+    assert seen == []
+
+
+def test_chunked_body_without_length_is_counted() -> None:
+    seen.clear()
+    response = make_client().post("/", content=chunks(1000))
+    assert response.status_code == 413 and seen == []
+
+
+def test_lying_content_length_is_counted_on_the_stream() -> None:
+    seen.clear()
+    app = make_client().app
+
+    async def run() -> list[dict[str, object]]:
+        sent: list[dict[str, object]] = []
+        bodies = iter([b"x" * 60, b"x" * 60, b""])
+
+        async def receive() -> dict[str, object]:
+            body = next(bodies)
+            return {"type": "http.request", "body": body, "more_body": bool(body)}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-length", b"10")],
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("t", 80), "client": None}
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        return sent
+
+    import anyio
+    sent = anyio.run(run)
+    assert sent[0]["status"] == 413 and seen == []
+
+
+def test_rate_limiter_allows_the_limit_then_says_when_to_retry() -> None:
+    now = [0.0]
+    limiter = RateLimiter(3, clock=lambda: now[0])
+    assert [limiter.hit("a") for _ in range(3)] == [None, None, None]
+    assert limiter.hit("a") == 60.0
+    assert limiter.hit("b") is None  # another client is not affected
+    now[0] = 30.0
+    assert limiter.hit("a") == 30.0
+
+
+def test_rate_limiter_window_slides() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    limiter.hit("a")
+    now[0] = 40.0
+    limiter.hit("a")
+    now[0] = 60.5  # the first hit left the window, the second has not
+    assert limiter.hit("a") is None and limiter.hit("a") is not None
+
+
+def test_rate_limiter_zero_is_off() -> None:
+    limiter = RateLimiter(0)
+    assert all(limiter.hit("a") is None for _ in range(1000)) and len(limiter) == 0
+
+
+def test_rate_limiter_memory_is_bounded_and_expires() -> None:
+    now = [0.0]
+    limiter = RateLimiter(5, max_clients=100, clock=lambda: now[0])
+    for i in range(1000):
+        limiter.hit(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter) == 100
+    now[0] = 61.0
+    limiter.hit("10.9.9.9")
+    assert len(limiter) == 1
+
+
+def test_rate_limiter_keeps_no_address_in_memory() -> None:
+    limiter = RateLimiter(5)
+    limiter.hit("203.0.113.7")
+    assert all(b"203.0.113.7" not in key for key in limiter._hits)
