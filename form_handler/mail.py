@@ -30,7 +30,14 @@ _BODY_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class MailError(Exception):
-    """A message cannot be built or delivered; one plain sentence."""
+    """A message cannot be built or delivered; one plain sentence.
+
+    `permanent` is True when the server refused for good (a 5xx reply), so retrying cannot help.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,15 @@ class SmtpSession:
         to = recipient(str(msg["To"]))
         try:
             refused = self._smtp.send_message(msg, to_addrs=[to])
+        except smtplib.SMTPRecipientsRefused as e:
+            codes = [code for code, _ in e.recipients.values()]
+            raise MailError(
+                f"The mail server refused the recipient: {e.recipients}.", permanent=min(codes) >= 500
+            ) from e
+        except smtplib.SMTPResponseException as e:
+            raise MailError(
+                f"The mail server did not take the message: {e}.", permanent=e.smtp_code >= 500
+            ) from e
         except (smtplib.SMTPException, OSError) as e:
             raise MailError(f"The mail server did not take the message: {e}.") from e
         if refused:

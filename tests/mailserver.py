@@ -35,6 +35,13 @@ class _Collector:
         self.received: list[Received] = []
         self.hold_after: int | None = None
         self.release = threading.Event()
+        self.refuse: set[str] = set()
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = cast(EmailMessage, message_from_bytes(envelope.content, policy=email_policy.default))
@@ -79,6 +86,10 @@ class MailServer:
     def hold_after(self, n: int) -> None:
         """Accept n messages normally; hold the reply to every later one until `release()`."""
         self._collector.hold_after = n
+
+    def refuse(self, address: str) -> None:
+        """Answer 550 (a permanent refusal) to RCPT TO for this address."""
+        self._collector.refuse.add(address)
 
     def release(self) -> None:
         self._collector.release.set()

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import apsw
+import pytest
+from mailserver import MailServer, free_port
+
+from form_handler import outbox
+from form_handler.mail import confirmation_message
+from form_handler.settings import Settings
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Any:
+    connection = apsw.Connection(str(tmp_path / "ledger.sqlite3"))
+    connection.execute("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000")
+    outbox.ensure_schema(connection)
+    return connection
+
+
+def queue(db: Any, to: str = "ann@example.com", receipt_id: str = "r-1") -> int:
+    msg = confirmation_message(Settings(), to=to, title="Privacy Policy", confirm_url="https://x/c?token=1")
+    with db:
+        return outbox.enqueue(db, receipt_id=receipt_id, kind="confirmation", msg=msg, now=T0)
+
+
+def row(db: Any, row_id: int) -> tuple[Any, ...]:
+    return tuple(
+        db.execute(
+            "SELECT attempts, next_attempt_at, sent_at, recipient, length(message), gave_up_at FROM outbox WHERE id = ?",
+            (row_id,),
+        ).fetchone()
+    )
+
+
+def settings_for(port: int) -> Settings:
+    return Settings(smtp_host="127.0.0.1", smtp_port=port)
+
+
+def test_backoff_doubles_from_30_seconds_and_caps_at_an_hour() -> None:
+    assert [outbox.backoff(n) for n in (1, 2, 3, 4)] == [30, 60, 120, 240]
+    assert outbox.backoff(30) == 3600
+
+
+def test_send_due_sends_once_and_forgets_the_address(db: Any) -> None:
+    row_id = queue(db)
+    with MailServer() as smtp:
+        assert outbox.send_due(db, settings_for(smtp.port), now=T0) == outbox.PassResult(1, 0, 0)
+        assert outbox.send_due(db, settings_for(smtp.port), now=T0 + timedelta(days=1)).sent == 0
+        assert smtp.recipients() == ["ann@example.com"]
+    attempts, _, sent_at, recipient, size, _ = row(db, row_id)
+    assert (attempts, recipient, size) == (1, "", 0) and sent_at is not None
+
+
+def test_send_due_retries_with_backoff_when_the_server_is_down_at_first(db: Any) -> None:
+    row_id = queue(db)
+    port = free_port()
+    assert outbox.send_due(db, settings_for(port), now=T0) == outbox.PassResult(0, 1, 0)
+    assert row(db, row_id)[:3] == (1, "2026-11-20T12:00:30Z", None)
+    with MailServer(port) as smtp:
+        assert outbox.send_due(db, settings_for(port), now=T0 + timedelta(seconds=29)).sent == 0
+        assert outbox.send_due(db, settings_for(port), now=T0 + timedelta(seconds=30)).sent == 1
+        assert smtp.recipients() == ["ann@example.com"]
+    assert row(db, row_id)[0] == 2 and row(db, row_id)[2] is not None
+
+
+def test_second_failure_doubles_the_wait(db: Any) -> None:
+    row_id = queue(db)
+    port = free_port()
+    outbox.send_due(db, settings_for(port), now=T0)
+    outbox.send_due(db, settings_for(port), now=T0 + timedelta(seconds=30))
+    assert row(db, row_id)[:2] == (2, "2026-11-20T12:01:30Z")
+    assert outbox.next_due(db) == T0 + timedelta(seconds=90)
+
+
+def test_a_claimed_row_is_not_sent_by_another_sender(db: Any) -> None:
+    queue(db)
+    claimed = outbox.claim_due(db, now=T0)
+    assert len(claimed) == 1
+    with MailServer() as smtp:
+        assert outbox.send_due(db, settings_for(smtp.port), now=T0 + timedelta(seconds=60)).sent == 0
+        # After a crash the lease runs out and the row is sent: the one possible duplicate.
+        assert outbox.send_due(db, settings_for(smtp.port), now=T0 + timedelta(seconds=outbox.LEASE)).sent == 1
+
+
+def test_permanent_refusal_gives_up_without_retrying(db: Any) -> None:
+    refused, ok = queue(db, "gone@example.com", "r-1"), queue(db, "ann@example.com", "r-2")
+    with MailServer() as smtp:
+        smtp.refuse("gone@example.com")
+        assert outbox.send_due(db, settings_for(smtp.port), now=T0) == outbox.PassResult(1, 1, 1)
+        assert smtp.recipients() == ["ann@example.com"]
+    assert row(db, refused)[5] is not None and row(db, ok)[2] is not None
+    assert outbox.status(db) == {"queued": 0, "sent": 1, "gave_up": 1}
+
+
+def test_forget_removes_every_row_of_the_receipt(db: Any) -> None:
+    queue(db, receipt_id="r-1"), queue(db, receipt_id="r-1"), queue(db, receipt_id="r-2")
+    with db:
+        assert outbox.forget(db, "r-1") == 2
+    assert db.execute("SELECT receipt_id FROM outbox").fetchall() == [("r-2",)]
+
+
+def test_forget_without_an_outbox_table_does_nothing(tmp_path: Path) -> None:
+    assert outbox.forget(apsw.Connection(str(tmp_path / "empty.sqlite3")), "r-1") == 0
