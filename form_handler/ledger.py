@@ -1,0 +1,505 @@
+"""The consent ledger: an append-only, hash-chained SQLite file (apsw, WAL, synchronous=FULL).
+
+Each chained entry is canonical JSON stored verbatim beside sha256(prev_hash + bytes). Email
+and message live in the erasable `personal` table; the entry holds only a salted commitment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from . import reports
+from .chain import (
+    FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
+    entry_hash, utc_now, walk,
+)
+
+__all__ = [
+    "Checkpoint", "ConsentDraft", "Entry", "InvalidToken", "Ledger", "LedgerError", "LedgerRefusal",
+    "LedgerTxn", "LedgerUnavailable", "Receipt", "ReceiptStatus", "UnknownReceipt", "VerifyReport",
+]
+
+# Older SQLite has the WAL-reset bug that can corrupt a database written by several processes.
+SQLITE_MINIMUM = (3, 51, 3)
+# >= 5 s so several uvicorn workers queue for the write lock instead of failing.
+BUSY_TIMEOUT_MS = 10_000
+# Tables other modules keep personal data in, keyed by receipt_id; erase() clears them too.
+ERASABLE_TABLES: list[str] = ["outbox"]
+
+
+class LedgerError(Exception):
+    """Base class of every ledger error."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger cannot be written now (disk full, read-only, busy); retrying later may work."""
+
+
+class LedgerRefusal(LedgerError):
+    """A request the ledger refuses; `field` names the offending input."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownReceipt(LedgerRefusal):
+    pass
+
+
+class InvalidToken(LedgerRefusal):
+    pass
+
+
+# The apsw errors that mean "cannot write now", not "the request is wrong".
+UNAVAILABLE_ERRORS = (
+    apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError,
+    apsw.BusyError, apsw.LockedError, apsw.PermissionsError,
+)
+
+
+@dataclass(frozen=True)
+class ConsentDraft:
+    policy_id: str
+    policy_version: str
+    page: str
+    message: str
+    email: str | None
+    consent_contact: bool
+    consent_updates: bool
+    consent_third_parties: bool
+
+
+@dataclass(frozen=True)
+class Receipt:
+    receipt_id: str
+    recorded_at: str
+    policy_id: str
+    policy_version: str
+    consent_contact: bool
+    consent_updates: bool
+    consent_third_parties: bool
+    withdraw_token: str = field(repr=False)
+    seq: int
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    entry_hash: str
+    prev_hash: str
+    kind: str
+    receipt_id: str
+    recorded_at: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReceiptStatus:
+    receipt_id: str
+    withdrawn: bool
+    erased: bool
+
+    @property
+    def standing(self) -> bool:
+        return not (self.withdrawn or self.erased)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    -- UNIQUE: two appends that read the same head cannot both land (the database refuses a fork).
+    prev_hash TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL UNIQUE,
+    canonical BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    receipt_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    policy_id TEXT,
+    policy_version TEXT,
+    page TEXT,
+    consent_contact INTEGER,
+    consent_updates INTEGER,
+    consent_third_parties INTEGER
+);
+CREATE INDEX IF NOT EXISTS entries_receipt ON entries(receipt_id, kind);
+CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
+BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: DELETE refused'); END;
+-- Personal data, outside the chain so it can be erased; salt goes with it.
+CREATE TABLE IF NOT EXISTS personal (
+    receipt_id TEXT PRIMARY KEY,
+    salt BLOB NOT NULL,
+    email TEXT,
+    message TEXT NOT NULL
+);
+-- One row per consent receipt with its current status; stats, exports and notices read this.
+CREATE VIEW IF NOT EXISTS receipts AS
+SELECT c.seq, c.receipt_id, c.recorded_at, c.policy_id, c.page,
+       c.policy_version AS consented_version,
+       (SELECT r.policy_version FROM entries r WHERE r.receipt_id = c.receipt_id
+          AND r.kind IN ('consent', 'reconsent') ORDER BY r.seq DESC LIMIT 1) AS policy_version,
+       c.consent_contact, c.consent_updates, c.consent_third_parties,
+       EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = c.receipt_id AND w.kind = 'withdrawal') AS withdrawn,
+       EXISTS (SELECT 1 FROM entries x WHERE x.receipt_id = c.receipt_id AND x.kind = 'erasure') AS erased,
+       p.email
+FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
+WHERE c.kind = 'consent';
+PRAGMA user_version = 1;
+"""
+
+
+def check_sqlite_version(version: str) -> None:
+    """Refuse SQLite older than 3.51.3 (the WAL-reset bug corrupts multi-process writers)."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    if parts < SQLITE_MINIMUM:
+        raise LedgerError(
+            f"apsw links SQLite {version}, older than 3.51.3 (WAL-reset bug); "
+            "upgrade it with: pip install 'apsw>=3.51.3.0'."
+        )
+
+
+def configure(conn: apsw.Connection) -> None:
+    """Pragmas every connection needs; busy timeout first so the WAL switch can wait for a lock."""
+    conn.setbusytimeout(BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA journal_mode=WAL").fetchall()
+    # FULL: a commit is on disk (WAL fsynced) before we acknowledge it, even across a power cut.
+    conn.execute("PRAGMA synchronous=FULL")
+    # Erased email addresses and messages are overwritten on disk, not just unlinked.
+    conn.execute("PRAGMA secure_delete=ON")
+
+
+def read_pragmas(conn: apsw.Connection) -> dict[str, Any]:
+    def one(sql: str) -> Any:
+        return conn.execute(sql).fetchall()[0][0]
+
+    sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+    return {
+        "journal_mode": one("PRAGMA journal_mode"),
+        "synchronous": sync.get(one("PRAGMA synchronous"), "?"),
+        "busy_timeout": one("PRAGMA busy_timeout"),
+    }
+
+
+def _check_text(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise LedgerRefusal(f"{name} must be text.", name)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise LedgerRefusal(f"{name} is not valid UTF-8 text.", name) from None
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    for name in TEXT_COLUMNS:
+        if name in fields:
+            _check_text(name, fields[name], optional=True)
+    for name in FLAG_COLUMNS:
+        if name in fields and not isinstance(fields[name], bool):
+            raise LedgerRefusal(f"{name} must be true or false.", name)
+
+
+class LedgerTxn:
+    """Operations inside one open write transaction (BEGIN IMMEDIATE already taken)."""
+
+    def __init__(self, connection: apsw.Connection) -> None:
+        self.connection = connection
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        for row in self.connection.execute(sql, params):
+            return tuple(row)
+        return None
+
+    def append(self, kind: str, receipt_id: str, **fields: Any) -> Entry:
+        """Append a chained entry of `kind` for an existing receipt, e.g. "confirmation" or "notice"."""
+        if kind not in KINDS or kind == "consent":
+            raise ValueError(f"kind must be one of {', '.join(KINDS[1:])}, got {kind!r} (use append_consent).")
+        if RESERVED & fields.keys():
+            raise ValueError(f"fields may not set {sorted(RESERVED & fields.keys())}.")
+        _check_fields(fields)
+        if self._one("SELECT 1 FROM entries WHERE receipt_id = ? AND kind = 'consent'", (receipt_id,)) is None:
+            raise UnknownReceipt(f"receipt_id {receipt_id!r} is not in the ledger.", "receipt_id")
+        return self._append(kind, receipt_id, fields)
+
+    def _append(self, kind: str, receipt_id: str, fields: dict[str, Any]) -> Entry:
+        # The head is read inside the transaction (after BEGIN IMMEDIATE), never cached, so a
+        # rolled-back savepoint cannot leave us appending to an entry that no longer exists.
+        head = self._one("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
+        seq, prev = (head[0] + 1, head[1]) if head else (1, "0" * 64)
+        recorded_at = utc_now()
+        entry = {"v": 1, "seq": seq, "kind": kind, "receipt_id": receipt_id, "recorded_at": recorded_at, **fields}
+        try:
+            data = canonical(entry)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"ledger entry fields must be JSON values: {e}.") from None
+        digest = entry_hash(prev, data)
+        cols = [fields.get(n) for n in TEXT_COLUMNS] + [
+            None if fields.get(n) is None else int(fields[n]) for n in FLAG_COLUMNS
+        ]
+        self.connection.execute(
+            "INSERT INTO entries (seq, prev_hash, hash, canonical, kind, receipt_id, recorded_at, policy_id,"
+            " policy_version, page, consent_contact, consent_updates, consent_third_parties)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, prev, digest, data, kind, receipt_id, recorded_at, *cols),
+        )
+        return Entry(seq, digest, prev, kind, receipt_id, recorded_at, dict(fields))
+
+    def append_consent(self, draft: ConsentDraft) -> Receipt:
+        """Record a submission: the chained consent entry plus its erasable personal data."""
+        for name in ("policy_id", "policy_version", "page", "message"):
+            _check_text(name, getattr(draft, name))
+        _check_text("email", draft.email, optional=True)
+        flags = {n: getattr(draft, n) for n in FLAG_COLUMNS}
+        _check_fields(flags)
+        receipt_id, token, salt = secrets.token_hex(16), secrets.token_urlsafe(32), secrets.token_bytes(16)
+        fields = {
+            "policy_id": draft.policy_id, "policy_version": draft.policy_version, "page": draft.page, **flags,
+            "commitment": commitment(salt, draft.email, draft.message),
+            "withdraw_token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+        }
+        entry = self._append("consent", receipt_id, fields)
+        self.connection.execute(
+            "INSERT INTO personal (receipt_id, salt, email, message) VALUES (?, ?, ?, ?)",
+            (receipt_id, salt, draft.email, draft.message),
+        )
+        return Receipt(
+            receipt_id, entry.recorded_at, draft.policy_id, draft.policy_version, draft.consent_contact,
+            draft.consent_updates, draft.consent_third_parties, token, entry.seq, entry.entry_hash,
+        )
+
+    def _existing(self, kind: str, receipt_id: str) -> Entry | None:
+        row = self._one(
+            "SELECT seq, hash, prev_hash, recorded_at, canonical FROM entries WHERE receipt_id = ? AND kind = ?"
+            " ORDER BY seq LIMIT 1", (receipt_id, kind),
+        )
+        if row is None:
+            return None
+        fields = {k: v for k, v in json.loads(row[4]).items() if k not in RESERVED}
+        return Entry(row[0], row[1], row[2], kind, receipt_id, row[3], fields)
+
+    def _consent(self, receipt_id: object) -> Entry:
+        entry = self._existing("consent", receipt_id) if isinstance(receipt_id, str) else None
+        if entry is None:
+            raise UnknownReceipt(f"receipt_id {receipt_id!r} is not in the ledger.", "receipt_id")
+        return entry
+
+    def withdraw(self, receipt_id: str, token: str) -> Entry:
+        """Withdraw every consent of a receipt. Idempotent: a second call returns the first withdrawal."""
+        consent = self._consent(receipt_id)
+        given = hashlib.sha256(str(token).encode("utf-8", "surrogatepass")).hexdigest()
+        if not hmac.compare_digest(given, str(consent.fields.get("withdraw_token_sha256", ""))):
+            raise InvalidToken("withdraw_token does not match this receipt.", "withdraw_token")
+        return self._existing("withdrawal", receipt_id) or self._append("withdrawal", receipt_id, {})
+
+    def erase(self, receipt_id: str) -> Entry:
+        """Delete the receipt's email, message and salt (and rows of ERASABLE_TABLES); idempotent."""
+        self._consent(receipt_id)
+        self.connection.execute("DELETE FROM personal WHERE receipt_id = ?", (receipt_id,))
+        for table in ERASABLE_TABLES:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+                raise ValueError(f"ERASABLE_TABLES holds an invalid table name {table!r}.")
+            if self._one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)):
+                # Identifier validated above; the value is bound.
+                self.connection.execute(f'DELETE FROM "{table}" WHERE receipt_id = ?', (receipt_id,))
+        return self._existing("erasure", receipt_id) or self._append("erasure", receipt_id, {})
+
+    def status(self, receipt_id: str) -> ReceiptStatus:
+        self._consent(receipt_id)
+        withdrawn = self._existing("withdrawal", receipt_id) is not None
+        return ReceiptStatus(receipt_id, withdrawn, self._existing("erasure", receipt_id) is not None)
+
+
+class Ledger:
+    """One connection to the ledger file; opening creates the folder and the schema."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        check_sqlite_version(apsw.sqlite_lib_version())
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn: apsw.Connection | None = None
+        try:
+            self._connect()
+        except LedgerUnavailable:
+            # A service must start even while its disk is full or read-only: it answers 503 and
+            # the next transaction tries again.
+            if readonly:
+                raise
+
+    @property
+    def connection(self) -> apsw.Connection:
+        return self._connect()
+
+    def _connect(self) -> apsw.Connection:
+        if self._conn is not None:
+            return self._conn
+        if self.readonly and not self.path.exists():
+            raise LedgerError(f"{self.path}: no ledger file there; check POLICY_SITE_LEDGER or --ledger.")
+        try:
+            if not self.readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = apsw.SQLITE_OPEN_READONLY if self.readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+            conn = apsw.Connection(str(self.path), flags=flags)
+        except (OSError, *UNAVAILABLE_ERRORS) as e:
+            raise LedgerUnavailable(f"{self.path}: cannot open the ledger ({e}).") from e
+        try:
+            configure(conn)
+            # Only a new file needs the schema; an existing one stays readable when it is read-only.
+            version: Any = conn.execute("PRAGMA user_version").fetchall()[0][0]
+            if not self.readonly and version < 1:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(SCHEMA)
+                conn.execute("COMMIT")
+        except UNAVAILABLE_ERRORS as e:
+            conn.close(True)
+            raise LedgerUnavailable(f"{self.path}: cannot write the ledger ({e}).") from e
+        except apsw.Error as e:
+            conn.close(True)
+            raise LedgerError(f"{self.path}: not a usable ledger ({e}).") from e
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        # After an I/O error, reopen on the next use: a fresh connection sees restored space or permissions.
+        if self._conn is not None:
+            try:
+                self._conn.close(True)
+            except apsw.Error:
+                pass
+            self._conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[LedgerTxn]:
+        """BEGIN IMMEDIATE ... COMMIT; I/O failures become LedgerUnavailable and the next call reconnects."""
+        with self._lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield LedgerTxn(conn)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except UNAVAILABLE_ERRORS as e:
+                self._drop()
+                raise LedgerUnavailable(f"{self.path}: cannot write the ledger now ({e}).") from e
+
+    @contextmanager
+    def _reading(self) -> Iterator[apsw.Connection]:
+        # One read transaction = one consistent snapshot while writers go on (WAL).
+        with self._lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    yield conn
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("COMMIT")
+            except UNAVAILABLE_ERRORS as e:
+                self._drop()
+                raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+
+    def append_consent(self, draft: ConsentDraft) -> Receipt:
+        with self.transaction() as txn:
+            return txn.append_consent(draft)
+
+    def withdraw(self, receipt_id: str, token: str) -> Entry:
+        with self.transaction() as txn:
+            return txn.withdraw(receipt_id, token)
+
+    def erase(self, receipt_id: str) -> Entry:
+        """Erase a receipt's personal data, then checkpoint so old copies leave the WAL file too."""
+        with self.transaction() as txn:
+            entry = txn.erase(receipt_id)
+        with self._lock:
+            try:
+                # Best effort: a reader elsewhere may hold old frames; they go at the next checkpoint.
+                self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except apsw.Error:
+                pass
+        return entry
+
+    def status(self, receipt_id: str) -> ReceiptStatus:
+        with self._reading() as conn:
+            return LedgerTxn(conn).status(receipt_id)
+
+    def head(self) -> Checkpoint:
+        """The current entry count and head hash, to publish as a checkpoint."""
+        with self._reading() as conn:
+            rows: list[Any] = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchall()
+        count, head = rows[0] if rows else (0, "0" * 64)
+        return Checkpoint(count=count, head=head, at=utc_now())
+
+    def verify(self, against: Checkpoint | None = None) -> VerifyReport:
+        """Walk the whole chain; report count, head, SQLite version and the first bad entry."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT seq, prev_hash, hash, canonical FROM entries ORDER BY seq")
+            result = walk(rows, against)
+            column_bad = reports.first_column_mismatch(conn)
+            personal_bad = reports.first_commitment_mismatch(conn)
+        bad, problem = result.bad_seq, result.problem
+        for other in (column_bad, personal_bad):
+            if other is not None and (bad is None or other[0] < bad):
+                bad, problem = other
+        return VerifyReport(
+            ok=bad is None, count=result.count, head=result.head, sqlite_version=apsw.sqlite_lib_version(),
+            first_bad_seq=bad, problem=problem, against=against,
+        )
+
+    def export(self, third_party: bool = False) -> Iterator[dict[str, Any]]:
+        """Every chained entry with its personal data and status; or, for third parties, emails only."""
+        # Its own connection, not the shared one: a streaming response may pull rows from other threads.
+        conn = self._open_reader()
+        try:
+            conn.execute("BEGIN")
+            yield from (reports.third_party_emails(conn) if third_party else reports.entries(conn))
+        except UNAVAILABLE_ERRORS as e:
+            raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+        finally:
+            conn.close(True)
+
+    def _open_reader(self) -> apsw.Connection:
+        self._connect()  # creates the file and schema when missing
+        try:
+            conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+            configure(conn)
+        except UNAVAILABLE_ERRORS as e:
+            raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+        return conn
+
+    def stats(self) -> dict[str, Any]:
+        with self._reading() as conn:
+            return reports.stats(conn)
+
+    def pragmas(self) -> dict[str, Any]:
+        with self._lock:
+            return read_pragmas(self._connect())
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,137 @@
+"""Read-only queries over the ledger: column checks for verify, exports and anonymous statistics.
+
+Every function takes an apsw connection inside an open read transaction (one snapshot).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import apsw
+
+from .chain import FLAG_COLUMNS, TEXT_COLUMNS, commitment
+
+# Counts below this are left out (or null) so that no one can be picked out of the statistics.
+MIN_COUNT = 5
+# The fixed columns of a full export, in order (CSV header); other chained fields go in "details".
+EXPORT_FIELDS = (
+    "seq", "entry_hash", "kind", "receipt_id", "recorded_at", "policy_id", "policy_version", "page",
+    *FLAG_COLUMNS, "email", "message", "withdrawn", "erased", "details",
+)
+_COLUMNS = ("seq", "kind", "receipt_id", "recorded_at", *TEXT_COLUMNS, *FLAG_COLUMNS)
+_PATHS = ", ".join(f"'$.{c}'" for c in _COLUMNS)
+_FLAGS_AS_JSON = ", ".join(f"CASE {c} WHEN 1 THEN json('true') WHEN 0 THEN json('false') ELSE {c} END" for c in FLAG_COLUMNS)
+# One JSON parse per row in C: the columns, as a JSON array, must equal the same keys of the canonical bytes.
+_MISMATCH_SQL = f"""
+SELECT seq FROM entries WHERE CASE WHEN json_valid(CAST(canonical AS TEXT))
+  THEN json_extract(CAST(canonical AS TEXT), {_PATHS})
+       IS NOT json_array(seq, kind, receipt_id, recorded_at, {", ".join(TEXT_COLUMNS)}, {_FLAGS_AS_JSON})
+  ELSE 1 END
+ORDER BY seq LIMIT 1
+"""
+
+
+def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
+    """The first entry whose queryable columns disagree with its canonical bytes, and which column."""
+    found: list[Any] = conn.execute(_MISMATCH_SQL).fetchall()
+    if not found:
+        return None
+    seq: int = found[0][0]
+    row: Any = conn.execute(f"SELECT canonical, {', '.join(_COLUMNS)} FROM entries WHERE seq = ?", (seq,)).fetchall()[0]
+    try:
+        entry = json.loads(row[0])
+    except ValueError:
+        return seq, f"entry #{seq} is not valid JSON"
+    for name, value in zip(_COLUMNS, row[1:]):
+        expected = entry.get(name)
+        if name in FLAG_COLUMNS and isinstance(expected, bool):
+            expected = int(expected)
+        if value != expected or type(value) is not type(expected):
+            return seq, f"entry #{seq}: column {name} does not match the chained entry"
+    return seq, f"entry #{seq}: columns do not match the chained entry"
+
+
+def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
+    """The first consent whose stored email/message no longer match the salted commitment."""
+    rows = conn.execute(
+        "SELECT e.seq, e.canonical, p.salt, p.email, p.message FROM personal p"
+        " JOIN entries e ON e.receipt_id = p.receipt_id AND e.kind = 'consent' ORDER BY e.seq"
+    )
+    for seq, data, salt, email, message in rows:
+        try:
+            expected = str(json.loads(data).get("commitment", ""))
+        except ValueError:
+            expected = ""
+        if not hmac.compare_digest(expected, commitment(bytes(salt), email, message)):
+            return seq, f"entry #{seq}: email or message do not match the entry's commitment"
+    return None
+
+
+def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
+    """Every chained entry in order, with personal data where it still exists and the receipt's status."""
+    rows = conn.execute(
+        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, r.withdrawn, r.erased FROM entries e"
+        " LEFT JOIN personal p ON e.kind = 'consent' AND p.receipt_id = e.receipt_id"
+        " LEFT JOIN receipts r ON r.receipt_id = e.receipt_id ORDER BY e.seq"
+    )
+    skip = {"v", "withdraw_token_sha256"}
+    for seq, digest, data, email, message, withdrawn, erased in rows:
+        entry = json.loads(data)
+        out: dict[str, Any] = {"seq": seq, "entry_hash": digest}
+        for name in EXPORT_FIELDS[2:-5]:
+            out[name] = entry.get(name)
+        out.update(email=email, message=message, withdrawn=bool(withdrawn), erased=bool(erased))
+        out["details"] = {k: v for k, v in entry.items() if k not in out and k not in skip}
+        yield out
+
+
+def third_party_emails(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
+    """Addresses whose third-party consent stands, one row each (case-insensitive).
+
+    An address's latest submission decides: if it withholds or withdrew third-party consent, an
+    earlier consent from the same address does not count either.
+    """
+    rows = conn.execute(
+        "SELECT email, consent_third_parties, withdrawn, erased FROM receipts"
+        " WHERE email IS NOT NULL AND email <> '' ORDER BY seq DESC"
+    )
+    decided: dict[str, tuple[str, bool]] = {}
+    for email, third, withdrawn, erased in rows:
+        key = email.strip().lower()
+        if key not in decided:
+            decided[key] = (email.strip(), bool(third) and not withdrawn and not erased)
+    for key in sorted(decided):
+        email, ok = decided[key]
+        if ok:
+            yield {"email": email}
+
+
+def _suppress(n: int | None) -> int | None:
+    return n if n is not None and n >= MIN_COUNT else None
+
+
+def stats(conn: apsw.Connection) -> dict[str, Any]:
+    """Aggregate counts of standing consents; any count below MIN_COUNT is null or left out."""
+    standing = "FROM receipts WHERE NOT withdrawn AND NOT erased"
+    per_day = {d: n for d, n in conn.execute(f"SELECT substr(recorded_at, 1, 10), count(*) {standing} GROUP BY 1 ORDER BY 1") if n >= MIN_COUNT}
+    per_version: dict[str, dict[str, int]] = {}
+    for pid, version, n in conn.execute(f"SELECT policy_id, policy_version, count(*) {standing} GROUP BY 1, 2 ORDER BY 1, 2"):
+        if n >= MIN_COUNT:
+            per_version.setdefault(pid, {})[version] = n
+    sums: Any = conn.execute(
+        f"SELECT count(*), sum(consent_contact), sum(consent_updates), sum(consent_third_parties) {standing}"
+    ).fetchall()[0]
+    totals: Any = conn.execute("SELECT count(*), sum(withdrawn), sum(erased) FROM receipts").fetchall()[0]
+    return {
+        "min_count": MIN_COUNT,
+        "submissions": _suppress(totals[0]),
+        "withdrawn": _suppress(totals[1]),
+        "erased": _suppress(totals[2]),
+        "standing": _suppress(sums[0]),
+        "per_consent": {"contact": _suppress(sums[1]), "updates": _suppress(sums[2]), "third_parties": _suppress(sums[3])},
+        "per_day": per_day,
+        "per_policy_version": per_version,
+    }

@@ -1,0 +1,182 @@
+"""The consent ledger against real SQLite files (apsw) under tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import apsw
+import pytest
+from ledger_helpers import draft, make_read_only, make_writable
+
+from form_handler.chain import Checkpoint, canonical, entry_hash
+from form_handler.ledger import (
+    InvalidToken, Ledger, LedgerError, LedgerUnavailable, UnknownReceipt, check_sqlite_version,
+)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "var" / "ledger.sqlite3")
+
+
+def test_open_creates_folder_schema_and_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "ledger.sqlite3"
+    with Ledger(path) as led:
+        assert path.exists()
+        assert led.pragmas() == {"journal_mode": "wal", "synchronous": "FULL", "busy_timeout": 10000}
+        assert led.verify().ok and led.verify().count == 0
+
+
+def test_append_consent_returns_receipt_chained_to_previous(ledger: Ledger) -> None:
+    first = ledger.append_consent(draft())
+    second = ledger.append_consent(draft(email=None))
+    assert (first.seq, second.seq) == (1, 2)
+    assert len(first.receipt_id) == 32 and first.receipt_id != second.receipt_id
+    assert first.recorded_at.endswith("Z") and len(first.withdraw_token) >= 40
+    row = ledger.connection.execute("SELECT canonical, prev_hash FROM entries WHERE seq = 2").fetchall()[0]
+    assert row[1] == first.entry_hash
+    assert entry_hash(first.entry_hash, row[0]) == second.entry_hash
+
+
+def test_chained_entry_holds_commitment_not_personal_data(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft(email="ada@example.org", message="secret words"))
+    data = ledger.connection.execute("SELECT canonical FROM entries").fetchall()[0][0]
+    assert b"ada@example.org" not in data and b"secret words" not in data
+    assert receipt.withdraw_token.encode() not in data
+    assert canonical(__import__("json").loads(data)) == data  # stored verbatim in canonical form
+    assert b'"commitment":"' in data and b'"withdraw_token_sha256":"' in data
+
+
+def test_database_refuses_update_delete_and_fork(ledger: Ledger) -> None:
+    ledger.append_consent(draft())
+    conn = ledger.connection
+    with pytest.raises(apsw.ConstraintError, match="append-only"):
+        conn.execute("UPDATE entries SET page = '/x/'")
+    with pytest.raises(apsw.ConstraintError, match="append-only"):
+        conn.execute("DELETE FROM entries")
+    with pytest.raises(apsw.ConstraintError, match="UNIQUE"):
+        conn.execute(
+            "INSERT INTO entries (seq, prev_hash, hash, canonical, kind, receipt_id, recorded_at)"
+            " VALUES (2, ?, 'f', x'00', 'consent', 'r', 't')", ("0" * 64,),
+        )
+
+
+def test_withdraw_checks_token_and_is_idempotent(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft(third=True))
+    with pytest.raises(InvalidToken) as wrong:
+        ledger.withdraw(receipt.receipt_id, "not-the-token")
+    assert wrong.value.field == "withdraw_token"
+    with pytest.raises(UnknownReceipt):
+        ledger.withdraw("0" * 32, receipt.withdraw_token)
+    first = ledger.withdraw(receipt.receipt_id, receipt.withdraw_token)
+    again = ledger.withdraw(receipt.receipt_id, receipt.withdraw_token)
+    assert first == again and ledger.head().count == 2
+    assert ledger.status(receipt.receipt_id).withdrawn
+
+
+def test_erase_removes_email_and_message_and_verify_passes(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft(email="ada@example.org", message="my words"))
+    ledger.append_consent(draft(email="bob@example.org"))
+    ledger.connection.execute("CREATE TABLE outbox (receipt_id TEXT, body TEXT)")
+    ledger.connection.execute("INSERT INTO outbox VALUES (?, 'mail to ada')", (receipt.receipt_id,))
+    entry = ledger.erase(receipt.receipt_id)
+    assert entry.kind == "erasure" and entry.seq == 3
+    conn = ledger.connection
+    assert conn.execute("SELECT count(*) FROM personal WHERE receipt_id = ?", (receipt.receipt_id,)).fetchall() == [(0,)]
+    assert conn.execute("SELECT count(*) FROM outbox").fetchall() == [(0,)]
+    assert ledger.verify().ok and ledger.status(receipt.receipt_id).erased
+    assert ledger.erase(receipt.receipt_id) == entry
+    raw = ledger.path.read_bytes() + Path(f"{ledger.path}-wal").read_bytes()
+    assert b"my words" not in raw and b"ada@example.org" not in raw  # overwritten, not just unlinked
+    assert b"bob@example.org" in raw
+
+
+def test_changing_one_byte_of_an_entry_fails_verify_at_that_entry(ledger: Ledger) -> None:
+    for _ in range(5):
+        ledger.append_consent(draft())
+    ledger.close()
+    conn = sqlite3.connect(ledger.path)  # Python's own sqlite3, as an attacker would use
+    conn.execute("DROP TRIGGER entries_no_update")
+    conn.execute("UPDATE entries SET canonical = CAST(replace(CAST(canonical AS TEXT), '/feedback/', '/feedbacc/')"
+                 " AS BLOB), page = '/feedbacc/' WHERE seq = 3")
+    conn.commit()
+    conn.close()
+    report = Ledger(ledger.path).verify()
+    assert not report.ok and report.first_bad_seq == 3
+    assert "entry #3" in (report.problem or "")
+
+
+def test_verify_against_checkpoint_catches_truncation(ledger: Ledger) -> None:
+    for _ in range(4):
+        ledger.append_consent(draft())
+    cp = ledger.head()
+    assert Checkpoint.from_json(cp.to_json()) == cp
+    ledger.append_consent(draft())
+    assert ledger.verify(against=cp).ok
+    ledger.connection.execute("DROP TRIGGER entries_no_delete")
+    ledger.connection.execute("DELETE FROM entries WHERE seq >= 3")
+    assert ledger.verify().ok  # a hash chain alone cannot see a cut tail
+    report = ledger.verify(against=cp)
+    assert not report.ok and report.first_bad_seq == 3
+
+
+def test_read_only_file_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    make_read_only(path)
+    try:
+        led = Ledger(path)
+        with pytest.raises(LedgerUnavailable):
+            led.append_consent(draft())
+    finally:
+        make_writable(path)
+    assert led.append_consent(draft()).seq == 1
+
+
+def test_old_sqlite_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(LedgerError, match="older than 3.51.3"):
+        check_sqlite_version("3.51.2")
+    check_sqlite_version("3.51.3")
+    check_sqlite_version("3.54.1")
+
+
+def test_stats_hide_counts_below_five(ledger: Ledger) -> None:
+    receipts = [ledger.append_consent(draft(third=i < 6, updates=i < 2)) for i in range(7)]
+    ledger.withdraw(receipts[0].receipt_id, receipts[0].withdraw_token)
+    stats = ledger.stats()
+    assert stats["submissions"] == 7 and stats["standing"] == 6 and stats["withdrawn"] is None
+    assert stats["per_consent"] == {"contact": 6, "updates": None, "third_parties": 5}
+    assert list(stats["per_day"].values()) == [6]
+    assert stats["per_policy_version"] == {"privacy": {"a" * 64: 6}}
+
+
+def test_third_party_export_only_standing_consents_deduped(ledger: Ledger) -> None:
+    ledger.append_consent(draft(email="Ada@Example.org", third=True))
+    ledger.append_consent(draft(email="ada@example.org", third=True))
+    ledger.append_consent(draft(email="bob@example.org", third=False))
+    withdrawn = ledger.append_consent(draft(email="cy@example.org", third=True))
+    ledger.withdraw(withdrawn.receipt_id, withdrawn.withdraw_token)
+    erased = ledger.append_consent(draft(email="di@example.org", third=True))
+    ledger.erase(erased.receipt_id)
+    assert list(ledger.export(third_party=True)) == [{"email": "ada@example.org"}]
+
+
+def test_full_export_joins_personal_data_and_status(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft(email="ada@example.org", message="hi"))
+    ledger.withdraw(receipt.receipt_id, receipt.withdraw_token)
+    rows = list(ledger.export())
+    assert [r["kind"] for r in rows] == ["consent", "withdrawal"]
+    assert rows[0]["email"] == "ada@example.org" and rows[0]["message"] == "hi"
+    assert rows[0]["withdrawn"] is True and "withdraw_token_sha256" not in rows[0]["details"]
+
+
+def test_generic_append_for_known_receipts_only(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft(updates=True))
+    with ledger.transaction() as txn:
+        entry = txn.append("confirmation", receipt.receipt_id, policy_id="privacy")
+        with pytest.raises(UnknownReceipt):
+            txn.append("notice", "nope")
+        with pytest.raises(ValueError):
+            txn.append("consent", receipt.receipt_id)
+    assert entry.seq == 2 and ledger.verify().ok
