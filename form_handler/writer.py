@@ -1,0 +1,143 @@
+"""Group commit: one writer thread turns many concurrent ledger operations into few durable commits.
+
+A commit with synchronous=FULL costs an fsync; fifty requests that arrive together share one.
+No caller hears back before the COMMIT holding its operation has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .ledger import UNAVAILABLE_ERRORS, Ledger, LedgerTxn, LedgerUnavailable
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Job:
+    op: Callable[[LedgerTxn], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    # Runs on the caller's event loop; a caller that gave up (cancelled) is simply skipped.
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class GroupCommitWriter:
+    """One thread, one Ledger connection, a queue; each batch is one BEGIN IMMEDIATE ... COMMIT."""
+
+    def __init__(self, ledger_path: str | Path, *, max_batch: int = 512) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}.")
+        self.ledger_path = Path(ledger_path)
+        self.max_batch = max_batch
+        self.commits = 0  # batches committed, for tests and the bench
+        self.largest_batch = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ledger: Ledger | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        """The writer's own Ledger (for pragmas(); use submit() for writes)."""
+        if self._ledger is None:
+            raise RuntimeError("GroupCommitWriter.start() has not been called.")
+        return self._ledger
+
+    def start(self) -> None:
+        """Open the writer's own connection and start the thread (a too-old SQLite raises here)."""
+        self._ledger = Ledger(self.ledger_path)
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(self, op: Callable[[LedgerTxn], T]) -> T:
+        """Run op(txn) in the writer thread under its own SAVEPOINT; return once its batch is committed.
+
+        A LedgerRefusal (or any other error) from op undoes only op and is raised here; an I/O
+        failure of the batch raises LedgerUnavailable to every op in it.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed or self._thread is None:
+                raise LedgerUnavailable("the ledger writer is not running (shutting down or not started).")
+            self._queue.put(_Job(op, future, loop))
+        return await future
+
+    def close(self) -> None:
+        """Stop taking work, commit everything already queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join()
+        if self._ledger is not None:
+            self._ledger.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch, stop = [item], False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.ledger.transaction() as txn:
+                for job in batch:
+                    try:
+                        # apsw: `with connection` inside a transaction is a SAVEPOINT, rolled back on error.
+                        with txn.connection:
+                            outcomes.append((True, job.op(txn)))
+                    except (LedgerUnavailable, *UNAVAILABLE_ERRORS):
+                        raise
+                    except Exception as e:  # a refusal or a bug: this op only
+                        outcomes.append((False, e))
+        except LedgerUnavailable as e:
+            outcomes = [(False, LedgerUnavailable(str(e))) for _ in batch]
+        except Exception as e:  # e.g. an op's error that broke the transaction itself
+            outcomes = [(False, LedgerUnavailable(f"the ledger batch failed: {e}")) for _ in batch]
+        else:
+            self.commits += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+        for job, (ok, value) in zip(batch, outcomes):
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            except RuntimeError:  # the caller's loop has closed; nobody is waiting
+                pass
