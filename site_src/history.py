@@ -1,0 +1,162 @@
+"""Git history of policy files, read in a fixed number of git processes for the whole build.
+
+One `git rev-parse` (where the repository is, and whether it is shallow), one `git log` over the
+first-parent line (renames detected, blob ids included) and one `git cat-file --batch` for the file
+texts: three processes whether the site has one policy or five hundred. The current text of a page
+is its working-tree file, which is what MkDocs builds; the history comes from commits only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+# Spawns one process; read_history takes it as a parameter so a test can count the git processes.
+Spawn = Callable[..., "subprocess.Popen[bytes]"]
+
+FETCH_FULL_HISTORY = (
+    "fetch the full history (actions/checkout with fetch-depth: 0, or `git fetch --unshallow`), "
+    "or set the policy plugin option require_history: false to build without history pages"
+)
+
+
+class HistoryUnavailable(Exception):
+    """The git history needed for change history pages cannot be read (no git, no repo, shallow clone)."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One commit that changed a file: the file's path and full text as of that commit."""
+
+    commit: str
+    date: datetime  # committer date (UTC): when the change landed on the published line
+    path: str  # repository-relative POSIX path at that commit (differs before a rename)
+    text: str
+
+
+@dataclass(frozen=True)
+class FileHistory:
+    """Every first-parent commit that changed one file, oldest first (empty for an uncommitted file)."""
+
+    path: Path
+    revisions: tuple[Revision, ...]
+
+
+def _run(spawn: Spawn, args: list[str], cwd: Path) -> bytes:
+    try:
+        proc = spawn(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise HistoryUnavailable(f"git is not installed, so the change history cannot be read; install git, or {FETCH_FULL_HISTORY}.") from exc
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        message = err.decode("utf-8", "replace").strip().splitlines()
+        detail = message[-1] if message else f"exit status {proc.returncode}"
+        command = " ".join(a for a in args[:5] if not a.startswith(("-", "log.")))
+        raise HistoryUnavailable(f"{cwd}: `{command}` failed ({detail}); build from a git clone and {FETCH_FULL_HISTORY}.")
+    return out
+
+
+def _locate(spawn: Spawn, root: Path) -> Path:
+    """Return the repository top level; refuse a shallow clone, whose history would be silently wrong."""
+    out = _run(spawn, ["git", "rev-parse", "--show-toplevel", "--is-shallow-repository"], root)
+    toplevel, shallow = out.decode("utf-8").splitlines()[:2]
+    if shallow.strip() == "true":
+        raise HistoryUnavailable(f"{toplevel} is a shallow git clone, so past versions of the policies are missing; {FETCH_FULL_HISTORY}.")
+    return Path(toplevel).resolve()
+
+
+def _parse_log(raw: bytes) -> list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]]:
+    """Parse `git log -z --raw` into (commit, date, [(status, blob, path, old_path)]), newest first."""
+    commits: list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]] = []
+    tokens = raw.split(b"\0")
+    i = 0
+    while i < len(tokens):
+        token = tokens[i].lstrip(b"\n").decode("utf-8", "surrogateescape")
+        i += 1
+        if token.startswith("\x01"):
+            sha, stamp = token[1:].split(" ")
+            commits.append((sha, datetime.fromtimestamp(int(stamp), timezone.utc), []))
+        elif token.startswith(":"):
+            # ":100644 100644 <old blob> <new blob> R087", then one path, or two for a rename/copy.
+            fields = token[1:].split(" ")
+            status, blob = fields[4][0], fields[3]
+            first = tokens[i].decode("utf-8", "surrogateescape")
+            i += 1
+            if status in "RC":
+                second = tokens[i].decode("utf-8", "surrogateescape")
+                i += 1
+                commits[-1][2].append((status, blob, second, first))
+            else:
+                commits[-1][2].append((status, blob, first, None))
+    return commits
+
+
+def _read_blobs(spawn: Spawn, cwd: Path, blobs: Sequence[str]) -> dict[str, str]:
+    """Read many blobs through ONE `git cat-file --batch` process."""
+    unique = list(dict.fromkeys(blobs))
+    if not unique:
+        return {}
+    proc = spawn(["git", "cat-file", "--batch"], cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(("\n".join(unique) + "\n").encode("ascii"))
+    if proc.returncode != 0:
+        raise HistoryUnavailable(f"{cwd}: `git cat-file --batch` failed ({err.decode('utf-8', 'replace').strip()}); {FETCH_FULL_HISTORY}.")
+    texts: dict[str, str] = {}
+    pos = 0
+    for blob in unique:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].decode("ascii").split(" ")
+        if len(header) != 3:  # "<sha> missing": a partial clone that lacks the object
+            raise HistoryUnavailable(f"{cwd}: git object {blob} is missing; {FETCH_FULL_HISTORY}.")
+        size = int(header[2])
+        texts[blob] = out[end + 1 : end + 1 + size].decode("utf-8", "replace")
+        pos = end + 1 + size + 1  # the content is followed by one LF
+    return texts
+
+
+def read_history(repo_root: Path, paths: Sequence[Path], *, spawn: Spawn = subprocess.Popen) -> dict[Path, FileHistory]:
+    """Return the history of each file in `paths` (absolute, or relative to `repo_root`), keyed as given.
+
+    Follows each file back through renames (`git mv`). Raises HistoryUnavailable outside a git
+    repository, in a shallow clone, or when git fails; the message says how to fetch full history.
+    """
+    root = Path(repo_root).resolve()
+    toplevel = _locate(spawn, root)
+    wanted: dict[str, Path] = {}
+    for path in paths:
+        absolute = (root / path).resolve()
+        try:
+            wanted[absolute.relative_to(toplevel).as_posix()] = path
+        except ValueError:
+            raise HistoryUnavailable(f"{absolute} is outside the git repository {toplevel}; move it into the repository.") from None
+    # First parent only, merges diffed against it: a change counts from when it landed on the
+    # published line, and side-branch commits that never were the published text are skipped.
+    # log.showSignature in a user's config would mix gpg output into what we parse.
+    args = ["git", "-c", "log.showSignature=false", "log", "--first-parent", "--diff-merges=first-parent", "--raw", "-M", "-z", "--no-abbrev", "--format=%x01%H %ct"]
+    try:
+        log = _parse_log(_run(spawn, args, toplevel))
+    except HistoryUnavailable as exc:
+        if "does not have any commits" not in str(exc):
+            raise
+        log = []  # a fresh repository: every file is uncommitted
+    tracking = {name: name for name in wanted}  # name at the commit being read -> name today
+    found: dict[str, list[tuple[str, datetime, str, str]]] = {name: [] for name in wanted}
+    for sha, when, changes in log:  # newest first
+        for status, blob, name, old_name in changes:
+            today = tracking.get(name)
+            if today is None or status == "D":
+                continue
+            found[today].append((sha, when, name, blob))
+            if status == "A":  # born here: older commits with this name are another file's life
+                del tracking[name]
+            elif status == "R" and old_name is not None:
+                del tracking[name]
+                tracking[old_name] = today
+    texts = _read_blobs(spawn, toplevel, [blob for entries in found.values() for *_, blob in entries])
+    result: dict[Path, FileHistory] = {}
+    for name, original in wanted.items():
+        revisions = [Revision(sha, when, at, texts[blob]) for sha, when, at, blob in reversed(found[name])]
+        result[original] = FileHistory(path=original, revisions=tuple(revisions))
+    return result

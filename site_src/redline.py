@@ -1,0 +1,181 @@
+"""Word-level redline between two versions of a policy, as accessible HTML that needs no JavaScript (pure).
+
+The diff runs on the prose a reader sees, not on Markdown syntax: headings, paragraphs and list items become
+plain-text blocks first, so a moved link target or re-wrapped line is not reported as a change. Removed words
+are `<del>` and added words `<ins>`, each opened by visually hidden text ("removed: ", "added: ") so that
+a screen reader announces the change and colour is never the only signal.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from html import escape
+
+Segment = tuple[str, str]  # (op, text); op is "equal", "delete" or "insert"
+
+_TOKEN_RE = re.compile(r"\w+(?:['’.\-]\w+)*|\s+|[^\w\s]")
+_ITEM_RE = re.compile(r"^\s{0,3}(?:[-*+]|\d+[.)])\s+")
+_INLINE = [
+    (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),  # links and images: keep the words
+    (re.compile(r"\[([^\]]*)\]\[[^\]]*\]"), r"\1"),  # reference links
+    (re.compile(r"\{:?\s*[#.][^}]*\}"), ""),  # attr_list: {#id .class}
+    (re.compile(r"<(https?://[^>]+)>"), r"\1"),  # autolinks
+    (re.compile(r"</?[A-Za-z][^>]*>"), ""),  # inline HTML tags
+    (re.compile(r"\*+|`+|(?<!\w)_+|_+(?!\w)"), ""),  # emphasis and code markers
+]
+_PAIR_RATIO = 0.4  # below this, a removed and an added paragraph are shown as such, not as one edit
+
+REDLINE_CSS = """\
+.visually-hidden{position:absolute!important;width:1px;height:1px;padding:0;margin:-1px;overflow:hidden;
+clip:rect(0,0,0,0);white-space:nowrap;border:0}
+.policy-redline del{text-decoration:line-through;background:#ffe3e3;color:#8a1c1c}
+.policy-redline ins{text-decoration:underline;background:#ddf4dd;color:#14532d}
+"""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One heading, paragraph or list item of the redline, as segments of unchanged, removed and added text."""
+
+    kind: str  # "heading", "item" or "paragraph"
+    segments: tuple[Segment, ...]
+
+    @property
+    def changed(self) -> bool:
+        return any(op != "equal" for op, _ in self.segments)
+
+
+def _inline(text: str) -> str:
+    for pattern, replacement in _INLINE:
+        text = pattern.sub(replacement, text)
+    return " ".join(text.split())
+
+
+def plain_blocks(markdown: str) -> list[tuple[str, str]]:
+    """Split a Markdown body into (kind, plain text) blocks: headings, list items and paragraphs."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        stripped = line.strip().lstrip(">").strip()
+        if not stripped or re.fullmatch(r"[-*_=\s]{3,}|\|?[\s:|-]+\|?", stripped):
+            blocks.append(("", []))  # a blank line or a rule ends the block
+        elif stripped.startswith("#"):
+            blocks.append(("heading", [stripped.lstrip("#")]))
+            blocks.append(("", []))
+        elif _ITEM_RE.match(line):
+            blocks.append(("item", [_ITEM_RE.sub("", line, count=1)]))
+        elif blocks and blocks[-1][0]:
+            blocks[-1][1].append(stripped)
+        else:
+            blocks.append(("paragraph", [stripped]))
+    result = [(kind, _inline(" ".join(lines))) for kind, lines in blocks if kind]
+    return [(kind, text) for kind, text in result if text]
+
+
+def word_diff(old: str, new: str) -> list[Segment]:
+    """Diff two plain texts word by word into (op, text) segments; equal+delete rebuild `old`, equal+insert `new`."""
+    a, b = _TOKEN_RE.findall(old), _TOKEN_RE.findall(new)
+    ops = SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    out: list[Segment] = []
+    removed: list[str] = []
+    added: list[str] = []
+
+    def flush() -> None:
+        if removed:
+            out.append(("delete", "".join(removed)))
+        if added:
+            out.append(("insert", "".join(added)))
+        removed.clear()
+        added.clear()
+
+    for k, (tag, i1, i2, j1, j2) in enumerate(ops):
+        if tag != "equal":
+            removed.extend(a[i1:i2])
+            added.extend(b[j1:j2])
+            continue
+        text = "".join(a[i1:i2])
+        # One space between two replaced words joins them: "old words" -> "new words", not word-by-word.
+        follows = ops[k + 1][0] == "replace" if k + 1 < len(ops) else False
+        if text.isspace() and removed and added and follows:
+            removed.append(text)
+            added.append(text)
+            continue
+        flush()
+        out.append(("equal", text))
+    flush()
+    return out
+
+
+def _pair(old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[Block]:
+    """Match changed blocks in order by similarity: an edited paragraph is one block, not a removal and an addition."""
+    blocks: list[Block] = []
+    j = 0
+    for kind, text in old:
+        scores = [SequenceMatcher(None, text, t, autojunk=False).ratio() for _, t in new[j:]]
+        best = max(range(len(scores)), key=scores.__getitem__, default=None)
+        if best is None or scores[best] < _PAIR_RATIO:
+            blocks.append(Block(kind, (("delete", text),)))
+            continue
+        blocks += [Block(k, (("insert", t),)) for k, t in new[j : j + best]]
+        blocks.append(Block(new[j + best][0], tuple(word_diff(text, new[j + best][1]))))
+        j += best + 1
+    blocks += [Block(k, (("insert", t),)) for k, t in new[j:]]
+    return blocks
+
+
+def redline_blocks(old_markdown: str, new_markdown: str) -> list[Block]:
+    """The whole redline from one Markdown body to another, block by block, unchanged blocks included."""
+    old, new = plain_blocks(old_markdown), plain_blocks(new_markdown)
+    blocks: list[Block] = []
+    matcher = SequenceMatcher(None, old, new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            blocks += [Block(kind, (("equal", text),)) for kind, text in old[i1:i2]]
+        else:
+            blocks += _pair(old[i1:i2], new[j1:j2])
+    return blocks
+
+
+def _segment_html(op: str, text: str) -> str:
+    if op == "delete":
+        return f'<del><span class="visually-hidden">removed: </span>{escape(text)}</del>'
+    if op == "insert":
+        return f'<ins><span class="visually-hidden">added: </span>{escape(text)}</ins>'
+    return escape(text)
+
+
+def _block_html(block: Block) -> str:
+    inner = "".join(_segment_html(op, text) for op, text in block.segments)
+    if block.kind == "heading":
+        return f'<p class="redline-heading"><strong>{inner}</strong></p>'
+    return f'<p class="redline-{block.kind}">{"• " if block.kind == "item" else ""}{inner}</p>'
+
+
+def redline_html(old_markdown: str, new_markdown: str, *, context: int = 1) -> str:
+    """Render the redline as HTML: changed blocks whole, `context` unchanged blocks around them and every heading;
+    other unchanged paragraphs fold into a <details> element, which opens without JavaScript."""
+    blocks = redline_blocks(old_markdown, new_markdown)
+    changed = [i for i, b in enumerate(blocks) if b.changed]
+    if not changed:
+        return '<div class="policy-redline"><p>The wording did not change.</p></div>'
+    near = {i for c in changed for i in range(c - context, c + context + 1)}
+    parts: list[str] = ['<div class="policy-redline">']
+    folded: list[str] = []
+    for i, block in enumerate(blocks):
+        if i in near or block.kind == "heading":
+            parts.append(_fold(folded))
+            parts.append(_block_html(block))
+        else:
+            folded.append(_block_html(block))
+    parts += [_fold(folded), "</div>"]
+    return "\n".join(p for p in parts if p)
+
+
+def _fold(folded: list[str]) -> str:
+    if not folded:
+        return ""
+    noun = "paragraph" if len(folded) == 1 else "paragraphs"
+    html = f"<details><summary>{len(folded)} unchanged {noun}</summary>\n" + "\n".join(folded) + "\n</details>"
+    folded.clear()
+    return html

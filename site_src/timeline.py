@@ -1,0 +1,151 @@
+"""Which text each change record introduced, every past version of a policy, and unrecorded edits (pure).
+
+A change record's version is the page body at the first commit whose front matter holds that record; the
+version before it is the body at the previous record's commit (or at the file's first commit). A record
+that is not committed yet introduced the working-tree text, which is what MkDocs builds.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from .history import FileHistory
+from .records import ChangeRecord, RecordError, load_meta
+from .versions import VersionEntry, policy_version, split_front_matter
+
+_DIFF_LINES = 12  # a warning, not a report: enough to find the edit
+_LINE_CHARS = 160
+
+
+@dataclass(frozen=True)
+class ChangeText:
+    """One change record with the text before it and the text it introduced (Markdown bodies)."""
+
+    record: ChangeRecord
+    before: str | None  # None when the record came with the file's first text: nothing to compare
+    after: str
+    commit: str | None  # the commit that added the record; None while it is uncommitted
+
+
+@dataclass(frozen=True)
+class PastVersion:
+    """A policy text and the date from which it was in force; ``url`` is relative to the site root."""
+
+    version: str
+    effective: date
+    url: str
+    current: bool
+    body: str
+
+    def entry(self) -> VersionEntry:
+        """This version as a policy-versions.json entry."""
+        return VersionEntry(version=self.version, effective=self.effective.isoformat(), url=self.url, current=self.current)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    changes: tuple[ChangeText, ...]  # newest first, like the records
+    versions: tuple[PastVersion, ...]  # newest first, one per distinct text and effective date
+    unrecorded_diff: str | None  # a short diff when the page changed with no new record
+
+
+def _body(source: str) -> str:
+    """The Markdown after the front matter, LF line ends, without surrounding blank lines."""
+    return split_front_matter(source)[1].strip() + "\n"
+
+
+def _change_keys(source: str) -> list[tuple[str, str]]:
+    """(date, summary) of each record in a past revision; tolerant, since old front matter may be broken."""
+    try:
+        raw = load_meta(split_front_matter(source)[0], "<history>").get("changes")
+    except RecordError:
+        return []
+    if not isinstance(raw, list):
+        return []
+    return [(str(c.get("date", "")).strip(), " ".join(str(c.get("summary", "")).split())) for c in raw if isinstance(c, dict)]
+
+
+def _introduced_at(record: ChangeRecord, rank: int, same_day: int, keyed: list[list[tuple[str, str]]]) -> int | None:
+    """Index of the first revision holding the record, found by its date (the summary may have been reworded
+    since); among several records of one day, by summary, else as the rank-th of that day. None: not committed."""
+    day = record.date.isoformat()
+    if same_day > 1:
+        for i, keys in enumerate(keyed):
+            if (day, record.summary) in keys:
+                return i
+    for i, keys in enumerate(keyed):
+        if sum(1 for d, _ in keys if d == day) > rank:
+            return i
+    return None
+
+
+def build_timeline(history: FileHistory, records: Sequence[ChangeRecord], current_source: str, policy_url: str) -> Timeline:
+    """Tie each record to the text it introduced and list the policy's versions, from git history and the working tree.
+
+    ``current_source`` is the working-tree file (front matter included); ``policy_url`` is the page URL relative to
+    the site root (``privacy/``); past versions live at ``<policy_url>versions/<effective>/``.
+    """
+    revisions = history.revisions
+    bodies = [_body(r.text) for r in revisions]
+    keyed = [_change_keys(r.text) for r in revisions]
+    current = _body(current_source)
+    chronological = sorted(records, key=lambda r: r.date)  # stable: same-date records keep the writer's order
+    ranks = [sum(1 for o in chronological[:n] if o.date == r.date) for n, r in enumerate(chronological)]
+    days = [sum(1 for o in chronological if o.date == r.date) for r in chronological]
+    at = [_introduced_at(r, rank, n, keyed) for r, rank, n in zip(chronological, ranks, days)]
+
+    def text_at(index: int | None) -> str:
+        return current if index is None else bodies[index]
+
+    changes: list[ChangeText] = []
+    for n, record in enumerate(chronological):
+        if n > 0:
+            before: str | None = text_at(at[n - 1])
+        else:
+            before = bodies[0] if revisions and at[0] != 0 else None
+        index = at[n]
+        changes.append(ChangeText(record, before, text_at(index), None if index is None else revisions[index].commit))
+
+    candidates: list[tuple[date, str]] = []
+    if revisions and (not chronological or at[0] != 0):
+        candidates.append((revisions[0].date.date(), bodies[0]))  # the text before any record
+    candidates += [(c.record.effective, c.after) for c in changes]
+    versions = _distinct_versions(candidates, policy_url, policy_version(current))
+
+    latest = max(at, key=lambda i: len(revisions) if i is None else i) if at else (0 if revisions else None)
+    baseline = text_at(latest)
+    return Timeline(tuple(reversed(changes)), versions, unrecorded_edit(baseline, current))
+
+
+def _distinct_versions(candidates: list[tuple[date, str]], policy_url: str, current_version: str) -> tuple[PastVersion, ...]:
+    """One version per text change, oldest to newest in; returned newest first with the current text marked."""
+    kept: list[tuple[date, str, str]] = []
+    for effective, body in candidates:
+        version = policy_version(body)
+        if kept and kept[-1][1] == version:
+            continue  # a record that left the text alone (a front-matter-only change) keeps the earlier URL
+        if kept and kept[-1][0] == effective:
+            kept.pop()  # two texts from one day: the later one is what was in force from that date
+        kept.append((effective, version, body))
+    current_index = max((i for i, k in enumerate(kept) if k[1] == current_version), default=None)
+    return tuple(
+        PastVersion(version, effective, f"{policy_url}versions/{effective.isoformat()}/", i == current_index, body)
+        for i, (effective, version, body) in reversed(list(enumerate(kept)))
+    )
+
+
+def unrecorded_edit(recorded: str, current: str) -> str | None:
+    """A short unified diff from the recorded body to the current one, or None when they are the same version."""
+    if policy_version(recorded) == policy_version(current):
+        return None
+    old, new = recorded.strip().splitlines(), current.strip().splitlines()
+    lines = [
+        line if len(line) <= _LINE_CHARS else line[: _LINE_CHARS - 3] + "..."
+        for line in difflib.unified_diff(old, new, "recorded", "working tree", n=1, lineterm="")
+    ]
+    if len(lines) > _DIFF_LINES:
+        lines = lines[:_DIFF_LINES] + [f"... ({len(lines) - _DIFF_LINES} more diff lines)"]
+    return "\n".join(lines)
