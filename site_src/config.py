@@ -1,0 +1,18 @@
+"""The `policy` plugin's typed configuration (the options a site sets under `plugins: - policy:`)."""
+
+from __future__ import annotations
+
+from mkdocs.config import base
+from mkdocs.config import config_options as c
+
+
+class PolicyConfig(base.Config):  # type: ignore[no-untyped-call]  # MkDocs is untyped here
+    # A material change is announced for this many days after its date (day 30 in, day 31 out).
+    banner_days = c.Type(int, default=30)
+    # The policy_id whose current version the feedback form asks visitors to consent to.
+    consent_policy = c.Type(str, default="privacy")
+    # Where the feedback form posts, and where its receipt's withdraw button posts (same origin or absolute).
+    form_endpoint = c.Type(str, default="/api/feedback")
+    withdraw_endpoint = c.Type(str, default="/api/withdraw")
+    # Fail the build when git history is missing (shallow clone, no git), rather than publish a wrong history.
+    require_history = c.Type(bool, default=True)

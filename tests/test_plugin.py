@@ -1,0 +1,270 @@
+"""The `policy` plugin, through real `mkdocs build` runs of fixture sites and of the shipped docs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from site_src.versions import source_version
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = Path(__file__).parent / "fixtures" / "policies"
+FIXTURE_HOST = "policies.example.org"  # the fixture's site_url
+ACTIVE_DAY = "2026-11-25"  # privacy changed 2026-11-20 (effective 2026-12-20), terms 2026-11-10
+TERMS_SUMMARY = "Explained how long feedback is kept."
+
+
+def epoch(day: str) -> str:
+    return str(int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()))
+
+
+def mkdocs_build(project: Path, out: Path, day: str | None = ACTIVE_DAY) -> subprocess.CompletedProcess[str]:
+    """Run `mkdocs build --strict` in a fresh process, as CI does, with the build date fixed to ``day``."""
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"} | {"NO_MKDOCS_2_WARNING": "1"}
+    if day is not None:
+        env["SOURCE_DATE_EPOCH"] = epoch(day)
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(project / "mkdocs.yml"), "-d", str(out)]
+    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+
+
+def built(project: Path, out: Path, day: str | None = ACTIVE_DAY) -> Path:
+    result = mkdocs_build(project, out, day)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def html_files(site: Path) -> list[Path]:
+    return sorted(site.rglob("*.html"))
+
+
+class Elements(HTMLParser):
+    """Every start tag of a page as (tag, attributes), plus the text inside the first data-policy-banner."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.styles: list[str] = []
+        self._in_style = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        self._in_style = tag == "style"
+        if "style" in dict(attrs):
+            self.styles.append(dict(attrs)["style"] or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.styles.append(data)
+            self._in_style = False
+
+    def with_attr(self, name: str) -> list[tuple[str, dict[str, str | None]]]:
+        return [(t, a) for t, a in self.tags if name in a]
+
+
+def banner_text(page: Path) -> str:
+    html = page.read_text(encoding="utf-8")
+    match = re.search(r"<div class=\"policy-banner\" data-policy-banner>(.*?)</ul>", html, re.DOTALL)
+    assert match, f"no banner in {page}"
+    return " ".join(re.sub(r"<[^>]+>", " ", match.group(1)).split())
+
+
+@pytest.fixture(scope="module")
+def active_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built(FIXTURE, tmp_path_factory.mktemp("active") / "site")
+
+
+@pytest.fixture(scope="module")
+def real_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped docs/ with the shipped mkdocs.yml, under --strict."""
+    return built(ROOT, tmp_path_factory.mktemp("real") / "site", day=None)
+
+
+def test_banner_on_every_html_file_while_a_change_is_active(active_site: Path) -> None:
+    pages = html_files(active_site)
+    assert active_site / "404.html" in pages and len(pages) >= 5
+    for page in pages:
+        banners = Elements(page.read_text(encoding="utf-8")).with_attr("data-policy-banner")
+        assert len(banners) == 1, f"{page.relative_to(active_site)} has {len(banners)} banners"
+
+
+def test_banner_on_no_html_file_when_no_change_is_active(tmp_path: Path) -> None:
+    site = built(FIXTURE, tmp_path / "site", day="2027-01-01")
+    for page in html_files(site):
+        html = page.read_text(encoding="utf-8")
+        assert "data-policy-banner" not in html and "md-banner" not in html, page.relative_to(site)
+
+
+def test_banner_lists_changes_newest_first_with_future_effective_wording(active_site: Path) -> None:
+    text = banner_text(active_site / "index.html")
+    privacy = "Privacy Policy , changed on 20 November 2026 ; takes effect on 20 December 2026 : Clarified how aggregate statistics are used."
+    assert privacy in text
+    assert f"Terms of Use , changed on 10 November 2026 : {TERMS_SUMMARY}" in text
+    assert text.index("Privacy Policy") < text.index("Terms of Use")
+    assert "Fixed a typo" not in text  # material: false is never announced
+
+
+def test_banner_links_to_each_policy_page(active_site: Path) -> None:
+    links = [a.get("href") for t, a in Elements((active_site / "privacy" / "index.html").read_text()).tags if t == "a"]
+    assert "./" in links and "../terms/" in links
+    # The 404 page is served at any depth, so its links are absolute.
+    html_404 = (active_site / "404.html").read_text(encoding="utf-8")
+    assert 'href="/privacy/">Read the Privacy Policy</a>' in html_404 and 'href="/terms/">Read the Terms of Use' in html_404
+
+
+@pytest.mark.parametrize(("day", "announced"), [("2026-12-10", True), ("2026-12-11", False)], ids=["day-30-in", "day-31-out"])
+def test_banner_window_edges(tmp_path: Path, day: str, announced: bool) -> None:
+    # terms changed 2026-11-10; privacy (effective 2026-12-20) keeps the banner itself up on both days.
+    site = built(FIXTURE, tmp_path / "site", day=day)
+    assert (TERMS_SUMMARY in banner_text(site / "index.html")) is announced
+
+
+MALFORMED = {
+    "bad-date": ("docs/terms.md", "date: 2026-11-10", "date: 10/11/2026", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '10/11/2026'."),
+    "impossible-date": ("docs/terms.md", "date: 2026-11-10", "date: 2026-13-01", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '2026-13-01'."),
+    "missing-summary": ("docs/terms.md", "summary: Explained how long feedback is kept.", "material: true", "docs/terms.md: changes[0].summary must be"),
+    "unknown-key": ("docs/terms.md", "summary:", "sumary:", "docs/terms.md: changes[0].sumary is not a known field"),
+    "effective-before-date": ("docs/privacy.md", "effective: 2026-12-20", "effective: 2026-11-19", "docs/privacy.md: changes[1].effective (2026-11-19) is before its date"),
+    "changes-without-policy-id": ("docs/terms.md", "policy_id: terms\n", "", "docs/terms.md: changes needs a policy_id"),
+    "changes-not-a-list": ("docs/terms.md", "  - date: 2026-11-10\n    summary", "  date: 2026-11-10\n  summary", "docs/terms.md: changes must be a list"),
+    "duplicate-policy-id": ("docs/terms.md", "policy_id: terms", "policy_id: privacy", "docs/terms.md: policy_id 'privacy' is already used by docs/privacy.md"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_record_fails_the_build_naming_the_field(tmp_path: Path, case: tuple[str, str, str, str]) -> None:
+    file, old, new, message = case
+    project = shutil.copytree(FIXTURE, tmp_path / "project")
+    source = (project / file).read_text(encoding="utf-8")
+    assert old in source
+    (project / file).write_text(source.replace(old, new, 1), encoding="utf-8")
+    result = mkdocs_build(project, tmp_path / "site")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_builds_with_the_same_source_date_epoch_are_byte_identical(active_site: Path, tmp_path: Path) -> None:
+    again = built(FIXTURE, tmp_path / "site")
+    files = sorted(p.relative_to(active_site) for p in active_site.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert {Path("sitemap.xml.gz"), Path("search/search_index.json"), Path("policy-versions.json")} <= set(files)
+    different = [str(f) for f in files if (active_site / f).read_bytes() != (again / f).read_bytes()]
+    assert different == []
+
+
+def manifest_version(site: Path, policy_id: str) -> str:
+    policies = json.loads((site / "policy-versions.json").read_text(encoding="utf-8"))["policies"]
+    return next(p["version"] for p in policies if p["id"] == policy_id)
+
+
+def test_manifest_version_changes_exactly_when_the_policy_text_changes(tmp_path: Path) -> None:
+    project = shutil.copytree(FIXTURE, tmp_path / "project")
+    privacy = project / "docs" / "privacy.md"
+    original = manifest_version(built(project, tmp_path / "one"), "privacy")
+    assert original == source_version(privacy.read_text(encoding="utf-8"))
+
+    new_record = "changes:\n  - date: 2026-11-24\n    summary: Front matter only.\n"
+    privacy.write_text(privacy.read_text().replace("changes:\n", new_record).replace("How the", "How an"), encoding="utf-8")
+    assert manifest_version(built(project, tmp_path / "two"), "privacy") == original
+
+    privacy.write_text(privacy.read_text().replace("never identify anyone", "never identify a person"), encoding="utf-8")
+    assert manifest_version(built(project, tmp_path / "three"), "privacy") != original
+
+
+def test_manifest_lists_each_policy_with_its_records(active_site: Path) -> None:
+    manifest = json.loads((active_site / "policy-versions.json").read_text(encoding="utf-8"))
+    privacy, terms = manifest["policies"]
+    assert (privacy["id"], privacy["title"], privacy["url"]) == ("privacy", "Privacy Policy", "privacy/")
+    assert [c["date"] for c in privacy["changes"]] == ["2026-11-20", "2026-10-15"]
+    assert terms["changes"] == [{"date": "2026-11-10", "effective": "2026-11-10", "summary": TERMS_SUMMARY, "material": True}]
+    assert privacy["versions"] == [{"version": privacy["version"], "effective": "2026-12-20", "url": "privacy/", "current": True}]
+
+
+LOADING_RELS = {"stylesheet", "preload", "modulepreload", "prefetch", "preconnect", "dns-prefetch", "icon", "apple-touch-icon", "manifest"}
+
+
+def foreign_references(page: Path, own_host: str) -> list[str]:
+    """URLs in a page that make a browser contact another host (scripts, styles, fonts, images, frames)."""
+    elements = Elements(page.read_text(encoding="utf-8"))
+    urls: list[str] = []
+    for tag, attrs in elements.tags:
+        if tag == "link" and LOADING_RELS & set((attrs.get("rel") or "").lower().split()):
+            urls.append(attrs.get("href") or "")
+        for name in ("src", "data", "poster"):
+            if tag in {"script", "img", "iframe", "frame", "source", "video", "audio", "embed", "object", "track", "input"}:
+                urls.append(attrs.get(name) or "")
+        urls += [part.split()[0] for part in (attrs.get("srcset") or "").split(",") if part.strip()]
+    for css in elements.styles:
+        urls += re.findall(r"url\(\s*['\"]?([^'\")]+)", css) + re.findall(r"@import\s+['\"]([^'\"]+)", css)
+    return [u for u in urls if urlsplit(u.strip()).netloc not in ("", own_host)]
+
+
+@pytest.mark.parametrize("which", ["active_site", "real_site"])
+def test_no_html_file_loads_anything_from_another_host(request: pytest.FixtureRequest, which: str) -> None:
+    site: Path = request.getfixturevalue(which)
+    own_host = FIXTURE_HOST if which == "active_site" else "127.0.0.1:8000"
+    offenders = {str(p.relative_to(site)): foreign_references(p, own_host) for p in html_files(site)}
+    assert {p: urls for p, urls in offenders.items() if urls} == {}
+    for css in site.rglob("*.css"):
+        assert not re.search(r"(url\(\s*['\"]?|@import\s+['\"]?)(https?:)?//", css.read_text(encoding="utf-8")), css
+
+
+def test_foreign_reference_check_catches_a_google_font(tmp_path: Path) -> None:
+    page = tmp_path / "index.html"
+    page.write_text(
+        '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto"><link rel="canonical" href="https://x.org/">'
+        '<img src="//cdn.example.com/a.png"><style>@font-face{src:url(https://fonts.gstatic.com/r.woff2)}</style>'
+    )
+    assert foreign_references(page, FIXTURE_HOST) == [
+        "https://fonts.googleapis.com/css?family=Roboto", "//cdn.example.com/a.png", "https://fonts.gstatic.com/r.woff2"
+    ]
+
+
+def test_shipped_docs_build_strict_with_the_privacy_manifest(real_site: Path) -> None:
+    manifest = json.loads((real_site / "policy-versions.json").read_text(encoding="utf-8"))
+    privacy = next(p for p in manifest["policies"] if p["id"] == "privacy")
+    assert privacy["version"] == source_version((ROOT / "docs" / "privacy.md").read_text(encoding="utf-8"))
+    assert (real_site / "404.html").is_file() and (real_site / "feedback" / "index.html").is_file()
+
+
+def test_feedback_form_posts_the_current_consent_policy_version(active_site: Path) -> None:
+    elements = Elements((active_site / "feedback" / "index.html").read_text(encoding="utf-8"))
+    (_, form), = elements.with_attr("data-feedback-form")
+    assert (form["action"], form["method"]) == ("/api/feedback", "post")
+    hidden = {a["name"]: a["value"] for t, a in elements.tags if t == "input" and a.get("type") == "hidden"}
+    assert hidden == {"policy_id": "privacy", "policy_version": manifest_version(active_site, "privacy"), "page": "/feedback/"}
+
+
+def test_feedback_form_fields_have_labels_error_slots_and_unticked_consents(active_site: Path) -> None:
+    elements = Elements((active_site / "feedback" / "index.html").read_text(encoding="utf-8"))
+    fields = {a["name"]: (t, a) for t, a in elements.tags if t in {"input", "textarea"} and "name" in a and a.get("type") != "hidden"}
+    labels = {a["for"] for t, a in elements.tags if t == "label"}
+    ids = {a["id"] for t, a in elements.tags if "id" in a}
+    for name in ("message", "email", "consent_contact", "consent_updates", "consent_third_parties"):
+        tag, attrs = fields[name]
+        assert name in labels and f"{name}-error" in ids and f"{name}-error" in (attrs.get("aria-describedby") or "")
+        assert "checked" not in attrs
+    assert fields["message"][1].get("maxlength") == "5000" and "required" in fields["message"][1]
+    assert fields["email"][1]["type"] == "email" and "required" not in fields["email"][1]
+    trap = fields["website"][1]
+    assert (trap["tabindex"], trap["autocomplete"], trap["aria-hidden"]) == ("-1", "off", "true")
+    assert any(a.get("role") == "alert" and a.get("id") == "feedback-summary" for t, a in elements.tags)
+
+
+def test_audit_fixes_search_dialog_name_and_meta_description(active_site: Path) -> None:
+    elements = Elements((active_site / "terms" / "index.html").read_text(encoding="utf-8"))
+    dialogs = [a for t, a in elements.tags if a.get("role") == "dialog"]
+    assert dialogs and all(a.get("aria-label") for a in dialogs)
+    descriptions = [a["content"] for t, a in elements.tags if t == "meta" and a.get("name") == "description"]
+    assert descriptions == ["The policies of an example organisation."]
