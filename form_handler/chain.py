@@ -98,7 +98,7 @@ class WalkResult:
     problem: str | None = None
 
 
-def walk(rows: Iterable[tuple[int, str, str, bytes]], against: Checkpoint | None = None) -> WalkResult:
+def walk(rows: Iterable[tuple[int, str, str, bytes | str]], against: Checkpoint | None = None) -> WalkResult:
     """Check seq continuity, prev links and hashes of (seq, prev_hash, hash, canonical) rows.
 
     The loop does only a sha256 and three comparisons per entry: about half a million a second.
@@ -113,7 +113,9 @@ def walk(rows: Iterable[tuple[int, str, str, bytes]], against: Checkpoint | None
             return WalkResult(expected_seq - 1, prev, expected_seq, f"entry #{expected_seq} is missing (found #{seq} next)")
         if prev_hash != prev:
             return WalkResult(seq - 1, prev, seq, f"entry #{seq} does not link to the hash of entry #{seq - 1}")
-        computed = sha256(prev.encode() + data).hexdigest()
+        # A tamperer may have changed the column's type too; hash the bytes SQLite hands back.
+        raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
+        computed = sha256(prev.encode() + raw).hexdigest()
         if computed != stored_hash:
             return WalkResult(seq - 1, prev, seq, f"entry #{seq} does not match its hash")
         if against is not None and seq == against.count:

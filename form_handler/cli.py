@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import click
 
+from .chain import ChainError, Checkpoint
+from .export import lines as export_lines
+from .ledger import Ledger, LedgerError
 from .settings import Settings, SettingsError
 
 
@@ -41,6 +49,117 @@ def ledger() -> None:
 
 
 # --- ledger commands (verify, export, stats, erase, head) -----------------------------
+
+ledger_option = click.option(
+    "--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Ledger file [default: POLICY_SITE_LEDGER or var/ledger.sqlite3].",
+)
+
+
+@contextmanager
+def open_ledger(path: Path | None, *, readonly: bool) -> Iterator[Ledger]:
+    """Open the ledger for one command; library errors become `Error: ...` and exit 1."""
+    try:
+        led = Ledger(path or load_settings().ledger_path, readonly=readonly)
+    except LedgerError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        yield led
+    except (LedgerError, ChainError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        led.close()
+
+
+@ledger.command()
+@ledger_option
+@click.option("--against", metavar="CHECKPOINT", help="A checkpoint file (from `ledger head`) or its JSON text.")
+def verify(ledger_path: Path | None, against: str | None) -> None:
+    """Check the whole hash chain; exit 1 naming the first entry that does not match.
+
+    With --against, also fail when the ledger no longer extends that earlier checkpoint
+    (entries cut off the end, or history rewritten with recomputed hashes).
+
+    Example:
+
+        policy-site ledger verify --against checkpoints/2026-11-20.json
+    """
+    checkpoint = None
+    if against is not None:
+        try:
+            text = against if against.lstrip().startswith("{") else Path(against).read_text()
+            checkpoint = Checkpoint.from_json(text)
+        except (OSError, ChainError) as e:
+            raise click.ClickException(f"--against {against}: {e}") from None
+    with open_ledger(ledger_path, readonly=True) as led:
+        report = led.verify(against=checkpoint)
+        p = led.pragmas()
+    click.echo(report.summary())
+    click.echo(f"pragmas: journal_mode={p['journal_mode']} synchronous={p['synchronous']} busy_timeout={p['busy_timeout']}")
+    if not report.ok:
+        raise click.ClickException(f"{led.path}: {report.problem}.")
+
+
+@ledger.command()
+@ledger_option
+def head(ledger_path: Path | None) -> None:
+    """Print a checkpoint (entry count, head hash, time) as JSON, to publish or store elsewhere.
+
+    Example:
+
+        policy-site ledger head > checkpoints/$(date +%F).json
+    """
+    with open_ledger(ledger_path, readonly=True) as led:
+        click.echo(led.head().to_json())
+
+
+@ledger.command()
+@ledger_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--third-party", is_flag=True, help="Only email addresses whose third-party consent stands.")
+def export(ledger_path: Path | None, fmt: str, third_party: bool) -> None:
+    """Write the ledger to stdout: every entry with personal data and status, or third-party emails.
+
+    CSV cells that a spreadsheet would run as a formula start with a '.
+
+    Example:
+
+        policy-site ledger export --format csv --third-party > partners.csv
+    """
+    with open_ledger(ledger_path, readonly=True) as led:
+        for line in export_lines(led.export(third_party=third_party), fmt, third_party=third_party):
+            click.echo(line, nl=False)
+
+
+@ledger.command()
+@ledger_option
+def stats(ledger_path: Path | None) -> None:
+    """Print aggregate counts of standing consents as JSON; counts below 5 are left out or null.
+
+    Example:
+
+        policy-site ledger stats
+    """
+    with open_ledger(ledger_path, readonly=True) as led:
+        click.echo(json.dumps(led.stats(), indent=2))
+
+
+@ledger.command()
+@ledger_option
+@click.argument("receipt_id")
+def erase(ledger_path: Path | None, receipt_id: str) -> None:
+    """Erase the email address and message of RECEIPT_ID and record an erasure entry.
+
+    The chain still verifies: entries hold only a salted commitment, and the salt is erased too.
+
+    Example:
+
+        policy-site ledger erase 3f2a9c0e5b7d41e8a6c2f0b9d8e7a1c4
+    """
+    with open_ledger(ledger_path, readonly=False) as led:
+        entry = led.erase(receipt_id)
+    click.echo(f"Erased the personal data of receipt {receipt_id} (erasure entry #{entry.seq}).")
+
 
 
 # --- notify and mail commands --------------------------------------------------------
