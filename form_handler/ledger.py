@@ -154,7 +154,9 @@ SELECT c.seq, c.receipt_id, c.recorded_at, c.policy_id, c.page,
        (SELECT r.policy_version FROM entries r WHERE r.receipt_id = c.receipt_id
           AND r.kind IN ('consent', 'reconsent') ORDER BY r.seq DESC LIMIT 1) AS policy_version,
        c.consent_contact, c.consent_updates, c.consent_third_parties,
-       EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = c.receipt_id AND w.kind = 'withdrawal') AS withdrawn,
+       -- A withdrawal with consent_updates set (the e-mail unsubscribe) stops change notices only.
+       EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = c.receipt_id AND w.kind = 'withdrawal'
+               AND w.consent_updates IS NULL) AS withdrawn,
        EXISTS (SELECT 1 FROM entries x WHERE x.receipt_id = c.receipt_id AND x.kind = 'erasure') AS erased,
        p.email
 FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
@@ -286,6 +288,9 @@ class LedgerTxn:
     def _existing(self, kind: str, receipt_id: str) -> Entry | None:
         row = self._one(
             "SELECT seq, hash, prev_hash, recorded_at, canonical FROM entries WHERE receipt_id = ? AND kind = ?"
+            # A withdrawal naming consent_updates (the e-mail unsubscribe link) stops change notices only;
+            # only one without flags withdraws every consent of the receipt.
+            " AND (kind != 'withdrawal' OR consent_updates IS NULL)"
             " ORDER BY seq LIMIT 1", (receipt_id, kind),
         )
         if row is None:
