@@ -165,5 +165,75 @@ def erase(ledger_path: Path | None, receipt_id: str) -> None:
 # --- notify and mail commands --------------------------------------------------------
 
 
+@cli.command()
+@ledger_option
+@click.option(
+    "--manifest", default=None, metavar="PATH_OR_URL",
+    help="The published policy-versions.json [default: POLICY_SITE_MANIFEST or site/policy-versions.json].",
+)
+@click.option("--dry-run", is_flag=True, help="List who would be written to; send and record nothing.")
+def notify(ledger_path: Path | None, manifest: str | None, dry_run: bool) -> None:
+    """E-mail each confirmed subscriber once about material policy changes since the version they agreed to.
+
+    Each notice is recorded in the ledger right after the mail server took it, before the next one
+    is sent, so running the command again sends nothing twice. After a crash, only the one message
+    that was in flight may be sent once more.
+
+    Example:
+
+        policy-site notify --manifest site/policy-versions.json --dry-run
+    """
+    from .mail import MailError
+    from .manifest import ManifestUnavailable
+    from .notify import NotifyError
+    from .notify import run as run_notify
+
+    settings = load_settings()
+    with open_ledger(ledger_path, readonly=dry_run) as led:
+        try:
+            result = run_notify(led, settings, manifest or settings.manifest, dry_run=dry_run, echo=click.echo)
+        except (NotifyError, ManifestUnavailable, MailError) as e:
+            raise click.ClickException(str(e)) from None
+    if dry_run:
+        click.echo(f"{len(result.planned)} would be notified; nothing was sent or recorded.")
+        return
+    click.echo(f"{len(result.sent)} notified, {len(result.failed)} failed.")
+    if result.failed:
+        raise click.ClickException(
+            f"{len(result.failed)} notices could not be sent and were not recorded; run notify again to retry them."
+        )
+
+
+@cli.group()
+def mail() -> None:
+    """The outgoing mail queue (address confirmations)."""
+
+
+@mail.command("send")
+@ledger_option
+def mail_send(ledger_path: Path | None) -> None:
+    """Send every queued message that is due, once; failures are retried later with back-off.
+
+    The service already does this in the background; this command is for running it from cron
+    when the service does not run, or to flush the queue by hand.
+
+    Example:
+
+        policy-site mail send --ledger var/ledger.sqlite3
+    """
+    from . import outbox
+
+    settings = load_settings()
+    with open_ledger(ledger_path, readonly=False) as led:
+        result = outbox.send_due(led.connection, settings)
+        counts = outbox.status(led.connection)
+    click.echo(
+        f"sent {result.sent}, failed {result.failed} (gave up on {result.gave_up}); "
+        f"queued {counts['queued']}, sent in all {counts['sent']}, given up in all {counts['gave_up']}."
+    )
+    if result.failed > result.gave_up:
+        raise click.ClickException("some messages could not be sent now; they stay queued and are retried with back-off.")
+
+
 def main() -> None:
     cli()

@@ -143,8 +143,12 @@ def notice_message(
     reconsent_url: str,
     withdraw_url: str,
     unsubscribe_url: str,
+    earlier: tuple[ChangeNotice, ...] = (),
 ) -> EmailMessage:
-    """The change notice: what changed, when it takes effect, and links to agree, withdraw or stop."""
+    """The change notice: what changed, when it takes effect, and links to agree, withdraw or stop.
+
+    `earlier` lists older changes the person has not been told about, so one message covers them all.
+    """
     title = header_text(notice.title) or notice.policy_id
     msg = _envelope(settings, to, f"Our {title} changes on {header_text(notice.effective, 10)}")
     # RFC 2369 and RFC 8058: mail clients show an unsubscribe button that POSTs to this URL.
@@ -155,8 +159,14 @@ def notice_message(
     facts = f"Changed on: {notice.date}\nTakes effect: {notice.effective}"
     intro = f"You asked us to e-mail you when our {title} changes. We have changed it."
     ask = "You may agree to the new version, or withdraw your consent."
+    older = [f"{c.date} (in effect from {c.effective}): {body_text(c.summary)}" for c in earlier]
+    older_text = "Earlier changes since you last agreed:\n" + "\n".join(f"- {o}" for o in older) + "\n\n" if older else ""
+    older_html = (
+        "<h2>Earlier changes since you last agreed</h2><ul>" + "".join(f"<li>{html.escape(o)}</li>" for o in older) + "</ul>"
+        if older else ""
+    )
     msg.set_content(
-        f"Hello,\n\n{intro}\n\n{facts}\n\nWhat changed:\n{summary}\n\n"
+        f"Hello,\n\n{intro}\n\n{facts}\n\nWhat changed:\n{summary}\n\n{older_text}"
         f"Read the changes: {changes}\n\n{ask}\n\n"
         f"I agree to the new version: {reconsent_url}\n\n"
         f"I withdraw my consent: {withdraw_url}\n\n"
@@ -167,7 +177,7 @@ def notice_message(
             title,
             f"<p>Hello,</p><p>{html.escape(intro)}</p>"
             f"<p>Changed on: {html.escape(notice.date)}<br>Takes effect: {html.escape(notice.effective)}</p>"
-            f"<h2>What changed</h2>{_paragraphs_html(summary)}"
+            f"<h2>What changed</h2>{_paragraphs_html(summary)}{older_html}"
             + _link_html(changes, "Read the changes")
             + f"<p>{html.escape(ask)}</p>"
             + _link_html(reconsent_url, "I agree to the new version")

@@ -107,3 +107,20 @@ def test_forget_removes_every_row_of_the_receipt(db: Any) -> None:
 
 def test_forget_without_an_outbox_table_does_nothing(tmp_path: Path) -> None:
     assert outbox.forget(apsw.Connection(str(tmp_path / "empty.sqlite3")), "r-1") == 0
+
+
+def test_mail_send_command_sends_the_queue_once(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from form_handler.cli import cli
+
+    path = tmp_path / "ledger.sqlite3"
+    connection = apsw.Connection(str(path))
+    queue(connection)
+    with MailServer() as smtp:
+        env = {"POLICY_SITE_SMTP_HOST": "127.0.0.1", "POLICY_SITE_SMTP_PORT": str(smtp.port)}
+        first = CliRunner().invoke(cli, ["mail", "send", "--ledger", str(path)], env=env)
+        second = CliRunner().invoke(cli, ["mail", "send", "--ledger", str(path)], env=env)
+        assert smtp.recipients() == ["ann@example.com"]
+    assert first.exit_code == 0 and "sent 1, failed 0" in first.output
+    assert second.exit_code == 0 and "sent 0" in second.output

@@ -1,0 +1,210 @@
+"""`policy-site notify`: tell each subscriber, once, about the material changes since their version.
+
+Who is written to, per policy: every address (case-insensitive) with a standing receipt that asked for
+updates and whose address was confirmed, and whose latest agreement (consent or reconsent) is to a
+version older than a material change. One message per address, about the newest such change; when
+several changes are pending it lists the earlier ones too, so nobody gets a stack of mails about texts
+that are already superseded. Each change the message covered is recorded as a `notice` entry right
+after the server took the message and before the next one is sent, and an address already noticed for
+the newest change is skipped: re-running sends nothing twice.
+
+The one gap is a crash (or a lost connection to the ledger) after the server took a message and
+before its notice entry was committed: that one message is sent again by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import subscribers, tokens
+from .ledger import Ledger
+from .mail import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
+from .manifest import read_source
+from .settings import Settings
+from .subscribers import Person
+
+
+class NotifyError(Exception):
+    """The run cannot start or must stop; one plain sentence."""
+
+
+@dataclass(frozen=True)
+class PolicyHistory:
+    """What the manifest says about one policy: its versions oldest first, its material changes newest first."""
+
+    id: str
+    title: str
+    url: str
+    versions: tuple[str, ...]
+    changes: tuple[ChangeNotice, ...]
+    skipped: tuple[str, ...] = ()  # material changes we could not tie to a version, for the report
+
+
+@dataclass(frozen=True)
+class Planned:
+    person: Person
+    notice: ChangeNotice
+    earlier: tuple[ChangeNotice, ...]
+
+
+@dataclass
+class NotifyResult:
+    sent: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    planned: list[Planned] = field(default_factory=list)
+
+
+def load_histories(data: bytes, source: str) -> list[PolicyHistory]:
+    """Read policy-versions.json; raise NotifyError naming the manifest and the field."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        return [_history(p) for p in doc["policies"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise NotifyError(f"{source}: not a policy-versions.json with policies, changes and versions ({e!r}).") from None
+
+
+def _history(p: dict[str, Any]) -> PolicyHistory:
+    listed = [(v.get("effective") or "", bool(v.get("current")), i, str(v["version"])) for i, v in enumerate(p["versions"])]
+    # Oldest first by effective date, the current version last on a tie; list order breaks other ties.
+    versions = tuple(dict.fromkeys(v for *_, v in sorted(listed)))
+    if str(p["version"]) not in versions:
+        versions += (str(p["version"]),)
+    effective_to_version: dict[str, str] = {}
+    for effective, _, _, version in sorted(listed):
+        effective_to_version[effective] = version  # the last (newest) text effective that day wins
+    changes, skipped = [], []
+    for c in p.get("changes", []):
+        if not c.get("material"):
+            continue
+        introduced = c.get("version") or effective_to_version.get(str(c["effective"]))
+        if not introduced or str(introduced) not in versions:
+            skipped.append(str(c["date"]))
+            continue
+        changes.append(
+            ChangeNotice(
+                policy_id=str(p["id"]), title=str(p.get("title") or p["id"]), url=str(p["url"]),
+                date=str(c["date"]), effective=str(c["effective"]), summary=str(c.get("summary", "")),
+                version=str(introduced),
+            )
+        )
+    return PolicyHistory(str(p["id"]), str(p.get("title") or p["id"]), str(p["url"]), versions, tuple(changes), tuple(skipped))
+
+
+def plan(history: PolicyHistory, people: list[Person]) -> list[Planned]:
+    """Who gets which notice (pure): subscribed, on an older version, not yet told about the newest change."""
+    rank = {v: i for i, v in enumerate(history.versions)}
+    out = []
+    for person in people:
+        if not person.subscribed:
+            continue
+        mine = rank.get(person.latest_version)
+        if mine is None:
+            # A version the manifest does not list: fall back to dates (agreed before the change was made).
+            pending = [c for c in history.changes if person.latest_at[:10] < c.date]
+        else:
+            pending = [c for c in history.changes if rank[c.version] > mine]
+        if not pending or pending[0].version in person.noticed:
+            continue
+        earlier = tuple(c for c in pending[1:] if c.version not in person.noticed)
+        out.append(Planned(person, pending[0], earlier))
+    return out
+
+
+def _links(key: bytes, settings: Settings, p: Planned, now: float) -> dict[str, str]:
+    def link(purpose: tokens.Purpose, path: str) -> str:
+        t = tokens.sign(key, purpose, p.person.latest_receipt_id, p.notice.policy_id, p.notice.version, now=now)
+        return f"{settings.base_url}/api/{path}?token={t}"
+
+    return {
+        "reconsent_url": link("reconsent", "reconsent"),
+        "withdraw_url": link("withdraw", "withdraw-consent"),
+        "unsubscribe_url": link("unsubscribe", "unsubscribe"),
+    }
+
+
+def _record(ledger: Ledger, p: Planned) -> None:
+    # One transaction for every change the message covered, committed before the next message goes out.
+    with ledger.transaction() as txn:
+        for c in (p.notice, *p.earlier):
+            txn.append(
+                "notice", p.person.latest_receipt_id, policy_id=c.policy_id, policy_version=c.version,
+                change_date=c.date, effective=c.effective,
+            )
+
+
+def find_planned(ledger: Ledger, histories: list[PolicyHistory]) -> list[Planned]:
+    conn = ledger.connection
+    conn.execute("BEGIN")  # one snapshot for the whole plan
+    try:
+        return [p for h in histories for p in plan(h, subscribers.people(conn, h.id))]
+    finally:
+        conn.execute("COMMIT")
+
+
+def run(
+    ledger: Ledger,
+    settings: Settings,
+    manifest: str,
+    *,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = print,
+) -> NotifyResult:
+    """Send the notices (or, with dry_run, only list them). Raises NotifyError when it cannot go on."""
+    histories = load_histories(read_source(manifest, timeout=10), manifest)
+    for h in histories:
+        for date in h.skipped:
+            echo(f"warning: {h.id} change of {date} names no version the manifest lists; nobody is told about it.")
+    result = NotifyResult(planned=find_planned(ledger, histories))
+    if dry_run:
+        for p in result.planned:
+            echo(f"would notify {p.person.email}: {p.notice.policy_id} change of {p.notice.date}")
+        return result
+    if not result.planned:
+        return result
+    key = tokens.signing_key(ledger.connection, settings.secret)
+    with _Connections(settings) as smtp:
+        for p in result.planned:
+            msg = notice_message(settings, to=p.person.email, notice=p.notice, earlier=p.earlier, **_links(key, settings, p, time.time()))
+            try:
+                smtp.session().send(msg)
+            except MailError as e:
+                smtp.reset()
+                result.failed.append(p.person.email)
+                echo(f"failed {p.person.email}: {e}")
+                continue
+            _record(ledger, p)  # LedgerUnavailable stops the run: never send what we cannot record
+            result.sent.append(p.person.email)
+            echo(f"sent {p.person.email}: {p.notice.policy_id} change of {p.notice.date}")
+    return result
+
+
+class _Connections:
+    """One SMTP connection for the run, opened again after a failure."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._cm: Any = None
+        self._session: SmtpSession | None = None
+
+    def session(self) -> SmtpSession:
+        if self._session is None:
+            self._cm = smtp_session(self._settings)
+            self._session = self._cm.__enter__()
+        return self._session
+
+    def reset(self) -> None:
+        if self._cm is not None:
+            try:
+                self._cm.__exit__(None, None, None)
+            finally:
+                self._cm = self._session = None
+
+    def __enter__(self) -> _Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()
