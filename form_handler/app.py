@@ -1,0 +1,307 @@
+"""The feedback service: `create_app(settings)` builds the Starlette app; routes live under /api/.
+
+Every write goes through the group-commit writer, and a 2xx is sent only after its COMMIT returned.
+Refusals are typed (400, 403, 404, 413, 415, 422, 429, 503), name the offending field, and store
+nothing. No route sets a cookie, and the client's address is used for the rate limit only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from . import export, pages
+from .bodies import Refused, read_fields, wants_json
+from .ledger import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
+from .limits import BodyLimitMiddleware, RateLimiter
+from .manifest import Manifest, ManifestUnavailable
+from .openapi import openapi_document
+from .origins import origin_allowed
+from .settings import Settings
+from .submissions import ValidationFailed, parse_submission
+from .writer import GroupCommitWriter
+
+log = logging.getLogger("form_handler")
+NO_STORE = {"Cache-Control": "no-store"}
+EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+@dataclass
+class Service:
+    """What the routes share for one lifespan: settings, the writer, a reader, the manifest, the limiter."""
+
+    settings: Settings
+    writer: GroupCommitWriter
+    reader: Ledger
+    manifest: Manifest
+    limiter: RateLimiter
+
+
+def service(request: Request) -> Service:
+    svc: Service = request.state.service
+    return svc
+
+
+def refusal(request: Request, status: int, errors: dict[str, str], *, back: str = "",
+            headers: dict[str, str] | None = None) -> Response:
+    """The same refusal as JSON ({"errors": ...}) or, for a plain form post, as an HTML page."""
+    log.info("%s %s refused %d: %s", request.method, request.url.path, status, ", ".join(sorted(errors)))
+    if wants_json(request):
+        return JSONResponse({"errors": errors}, status_code=status, headers={**NO_STORE, **(headers or {})})
+    page = pages.error_page(status, errors, site_url=service(request).settings.base_url, back_path=back)
+    page.headers.update(headers or {})
+    return page
+
+
+async def guard(request: Request) -> None:
+    """Checks before reading a body: the Origin, then the rate limit."""
+    svc = service(request)
+    origin = request.headers.get("origin")
+    if not origin_allowed(origin, request, svc.settings):
+        raise Refused(403, {"origin": "This form may not be sent from another site; use the form on our site."})
+    # The address is used here, in memory, and nowhere else.
+    wait = svc.limiter.hit(request.client.host if request.client else "")
+    if wait is not None:
+        raise Refused(429, {"rate_limit": f"Too many submissions; try again in {math.ceil(wait)} seconds."},
+                      headers={"Retry-After": str(math.ceil(wait))})
+
+
+async def feedback(request: Request) -> Response:
+    """Record one submission: 201 + receipt JSON, or the HTML receipt page for a plain form post."""
+    svc, back = service(request), ""
+    try:
+        await guard(request)
+        is_json, fields = await read_fields(request)
+        page = fields.get("page")
+        back = page.decode("utf-8", "replace") if isinstance(page, bytes) else page if isinstance(page, str) else ""
+        draft = parse_submission(fields, is_json=is_json)
+        if isinstance(draft, ValidationFailed):
+            raise Refused(draft.status, draft.errors)
+        try:
+            errors = await svc.manifest.check(draft.policy_id, draft.policy_version)
+        except ManifestUnavailable as e:
+            log.error("policy manifest unavailable: %s", e)
+            raise Refused(503, {"policy_version": "The list of published policies cannot be read now; try again later."},
+                          headers={"Retry-After": "10"}) from None
+        if errors:
+            raise Refused(422, errors)
+        receipt = await svc.writer.submit(lambda txn: txn.append_consent(draft))
+    except Refused as r:
+        return refusal(request, r.status, r.errors, back=back, headers=r.headers)
+    except LedgerRefusal as e:
+        return refusal(request, 422, {e.field: str(e)}, back=back)
+    except LedgerUnavailable as e:
+        log.error("ledger unavailable: %s", e)
+        return refusal(request, 503, {"ledger": "We cannot record submissions now; nothing was stored. Try again later."},
+                       back=back, headers={"Retry-After": "5"})
+    log.info("feedback recorded seq=%d", receipt.seq)
+    if wants_json(request):
+        body = {k: v for k, v in asdict(receipt).items() if k != "seq"}
+        return JSONResponse(body | {"withdraw_url": "/api/withdraw"}, status_code=201, headers=NO_STORE)
+    policies = await svc.manifest.policies()
+    return pages.receipt_page(receipt, email=draft.email, message=draft.message,
+                              policy=policies.get(receipt.policy_id), site_url=svc.settings.base_url)
+
+
+def _token_field(name: str, value: Any, errors: dict[str, str]) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str) or not value.strip():
+        errors[name] = f"{name} is required; copy it from your receipt."
+        return ""
+    if len(value) > 256 or not value.strip().isprintable():
+        errors[name] = f"{name} is not one we could have issued; copy it from your receipt."
+    return value.strip()
+
+
+async def withdraw(request: Request) -> Response:
+    """Withdraw every consent of one receipt, given its withdraw token."""
+    svc = service(request)
+    try:
+        await guard(request)
+        is_json, fields = await read_fields(request)
+        errors: dict[str, str] = {}
+        if is_json:
+            errors.update({k[:64]: f"{k[:64]} is not a field here; remove it."
+                           for k in fields if k not in ("receipt_id", "withdraw_token")})
+        receipt_id = _token_field("receipt_id", fields.get("receipt_id"), errors)
+        token = _token_field("withdraw_token", fields.get("withdraw_token"), errors)
+        if errors:
+            raise Refused(422, errors)
+        entry = await svc.writer.submit(lambda txn: txn.withdraw(receipt_id, token))
+    except Refused as r:
+        return refusal(request, r.status, r.errors, headers=r.headers)
+    except UnknownReceipt as e:
+        return refusal(request, 404, {e.field: "No receipt with this id is in the ledger; check your receipt."})
+    except InvalidToken as e:
+        return refusal(request, 403, {e.field: "This withdraw token does not belong to that receipt; check your receipt."})
+    except LedgerRefusal as e:
+        return refusal(request, 422, {e.field: str(e)})
+    except LedgerUnavailable as e:
+        log.error("ledger unavailable: %s", e)
+        return refusal(request, 503, {"ledger": "We cannot record a withdrawal now; nothing was stored. Try again later."},
+                       headers={"Retry-After": "5"})
+    if wants_json(request):
+        return JSONResponse({"receipt_id": receipt_id, "withdrawn": True, "withdrawn_at": entry.recorded_at},
+                            headers=NO_STORE)
+    return pages.withdrawn_page(receipt_id, site_url=svc.settings.base_url)
+
+
+async def _read(request: Request, what: Callable[[Ledger], Any]) -> Any:
+    try:
+        return await run_in_threadpool(what, service(request).reader)
+    except LedgerError as e:
+        log.error("ledger unreadable: %s", e)
+        raise Refused(503, {"ledger": "The ledger cannot be read now; try again later."}) from None
+
+
+async def stats(request: Request) -> Response:
+    """Aggregate counts only; any count below 5 is null or left out."""
+    try:
+        return JSONResponse(await _read(request, Ledger.stats), headers=NO_STORE)
+    except Refused as r:
+        return JSONResponse({"errors": r.errors}, status_code=r.status)
+
+
+async def ledger_head(request: Request) -> Response:
+    """The checkpoint: entry count and head hash, nothing personal; keep copies as a witness."""
+    try:
+        checkpoint = await _read(request, Ledger.head)
+    except Refused as r:
+        return JSONResponse({"errors": r.errors}, status_code=r.status)
+    return JSONResponse(asdict(checkpoint), headers=NO_STORE)
+
+
+async def healthz(request: Request) -> Response:
+    """200 when the ledger is readable and the policy manifest can be read; 503 otherwise."""
+    body: dict[str, Any] = {"ledger": "ok", "manifest": "ok"}
+    try:
+        body["entries"] = (await _read(request, Ledger.head)).count
+    except Refused:
+        body["ledger"] = "unavailable"
+    try:
+        await service(request).manifest.policies()
+    except ManifestUnavailable:
+        body["manifest"] = "unavailable"
+    ok = body["ledger"] == body["manifest"] == "ok"
+    return JSONResponse({"status": "ok" if ok else "unavailable", **body}, status_code=200 if ok else 503,
+                        headers=NO_STORE)
+
+
+async def export_ledger(request: Request) -> Response:
+    """Stream the ledger as JSON Lines, or CSV with ?format=csv (admin token required)."""
+    settings = service(request).settings
+    if settings.admin_token is None:
+        return JSONResponse({"errors": {"export": "The export is off: no admin token is configured."}}, 404)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.admin_token.encode()):
+        return JSONResponse({"errors": {"authorization": "Send Authorization: Bearer <admin token>."}}, 401,
+                            headers={"WWW-Authenticate": 'Bearer realm="policy-site"'})
+    fmt = request.query_params.get("format", "jsonl")
+    if fmt not in EXPORT_TYPES:
+        return JSONResponse({"errors": {"format": "format must be jsonl or csv."}}, 422)
+    third_party = request.query_params.get("third_party", "") in ("1", "true", "yes")
+    reader = service(request).reader
+    # A sync generator: Starlette pulls it in a worker thread, one row at a time.
+    lines = export.lines(reader.export(third_party=third_party), fmt, third_party=third_party)
+    return StreamingResponse(lines, media_type=EXPORT_TYPES[fmt],
+                             headers={**NO_STORE, "Content-Disposition": f'attachment; filename="ledger.{fmt}"'})
+
+
+async def openapi(request: Request) -> Response:
+    """This API described in OpenAPI 3.1."""
+    return JSONResponse(openapi_document(service(request).settings))
+
+
+async def stylesheet(request: Request) -> Response:
+    """The stylesheet of the service's own pages."""
+    return FileResponse(pages.STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 500:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+    detail = exc.detail if isinstance(exc, HTTPException) else "Something went wrong on our side; nothing was stored."
+    return JSONResponse({"errors": {"request": detail}}, status_code=status, headers=getattr(exc, "headers", None))
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/api/feedback", feedback, methods=["POST"]),
+    Route("/api/withdraw", withdraw, methods=["POST"]),
+    Route("/api/stats", stats, methods=["GET"]),
+    Route("/api/export", export_ledger, methods=["GET"]),
+    Route("/api/healthz", healthz, methods=["GET"]),
+    Route("/api/ledger/head", ledger_head, methods=["GET"]),
+    Route("/api/openapi.json", openapi, methods=["GET"]),
+    Route("/api/pages.css", stylesheet, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings, *, site_dir: Path | None = None, writer: GroupCommitWriter | None = None) -> Starlette:
+    """Build the service. With site_dir, the built site is served at / beside the API (one process).
+
+    A `writer` passed in is used as it is (the caller starts and closes it); otherwise the app opens
+    its own in the lifespan and drains it on shutdown.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        own = writer is None
+        w = writer or GroupCommitWriter(settings.ledger_path)
+        if own:
+            await run_in_threadpool(w.start)
+        reader = await run_in_threadpool(Ledger, settings.ledger_path, readonly=True)
+        svc = Service(settings, w, reader, Manifest(settings.manifest), RateLimiter(settings.rate_limit))
+        try:
+            yield {"service": svc}
+        finally:
+            if own:
+                await run_in_threadpool(w.close)  # drains what is queued: acknowledged means committed
+            reader.close()
+
+    def too_large(scope: Scope, status: int, errors: dict[str, str]) -> Response:
+        request = Request(scope)
+        if wants_json(request) or request.method != "POST":
+            return JSONResponse({"errors": errors}, status_code=status, headers=NO_STORE)
+        return pages.error_page(status, errors, site_url=settings.base_url)
+
+    routes = list(ROUTES)
+    if site_dir is not None:
+        routes.append(Mount("/", StaticFiles(directory=site_dir, html=True), name="site"))
+    return Starlette(
+        debug=False,
+        routes=routes,
+        middleware=[
+            # CORS outermost, so refusals to an allowed origin still carry its headers.
+            Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
+                       allow_headers=["Content-Type", "Accept"], expose_headers=["Retry-After"]),
+            Middleware(BodyLimitMiddleware, max_body=settings.max_body, refusal=too_large),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+        lifespan=lifespan,
+    )
+
+
+def _app_from_env() -> Starlette:
+    return create_app(Settings.from_env())
+
+
+app = _app_from_env()
