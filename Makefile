@@ -34,7 +34,8 @@ browser-deps:
 site: install
 	$(BIN)/mkdocs build --strict
 
-run: install
+# Always rebuild, so the served site matches docs/ (serve alone builds only when site/ is missing).
+run: site
 	$(BIN)/policy-site serve --host $(HOST) --port $(PORT)
 
 test: install-test browser-deps

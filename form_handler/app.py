@@ -273,9 +273,10 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
         try:
             yield {"service": svc}
         finally:
+            # The read-only connection closes first, so the writer's is the last and checkpoints the WAL.
+            reader.close()
             if own:
                 await run_in_threadpool(w.close)  # drains what is queued: acknowledged means committed
-            reader.close()
 
     def too_large(scope: Scope, status: int, errors: dict[str, str]) -> Response:
         request = Request(scope)
