@@ -53,6 +53,7 @@ class Person:
     confirmed: bool
     updates_receipt_ids: tuple[str, ...]  # standing receipts whose updates have not been stopped
     noticed: frozenset[str]  # versions this address has already been told about
+    agreed: frozenset[str]  # every version agreed to on a standing receipt (consent or reconsent)
 
     @property
     def key(self) -> str:
@@ -123,6 +124,7 @@ def people(connection: Any, policy_id: str) -> list[Person]:
                 confirmed=confirmed,
                 updates_receipt_ids=tuple(r.receipt_id for r in updates),
                 noticed=frozenset(v for r in receipts for v in r.noticed),
+                agreed=frozenset(a[1] for r in standing for a in r.agreed),
             )
         )
     return out

@@ -131,22 +131,28 @@ def _parse_payload(payload: bytes) -> tuple[str, str, str, str, int]:
 def signing_key(connection: Any, secret: str | None) -> bytes:
     """The HMAC key: POLICY_SITE_SECRET if set, else a random key kept in the ledger's `meta` table.
 
-    `connection` is an apsw.Connection to the ledger database. The key is created once, inside a write
-    transaction with INSERT OR IGNORE, so two processes starting together end up with the same key.
+    `connection` is an apsw.Connection to the ledger database, inside a transaction or not. The key
+    is created once with INSERT OR IGNORE, so two processes starting together end up with the same key.
     """
     if secret:
         return hashlib.sha256(secret.encode("utf-8")).digest()
+    if connection.in_transaction:  # e.g. inside the group-commit writer's batch: its transaction is ours
+        return _stored_key(connection)
     # BEGIN IMMEDIATE takes the write lock first, so a concurrent first start cannot hit a stale snapshot.
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        connection.execute(
-            "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
-            ("link_key", secrets.token_hex(32)),
-        )
-        row = connection.execute("SELECT value FROM meta WHERE name = ?", ("link_key",)).fetchone()
+        key = _stored_key(connection)
     except BaseException:
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+    return key
+
+
+def _stored_key(connection: Any) -> bytes:
+    connection.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    connection.execute(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", ("link_key", secrets.token_hex(32))
+    )
+    row = connection.execute("SELECT value FROM meta WHERE name = ?", ("link_key",)).fetchone()
     return bytes.fromhex(row[0])

@@ -1,0 +1,217 @@
+"""The pages behind the links in our e-mails: confirm an address, agree to a new version, withdraw, unsubscribe.
+
+GET only shows a page with a button: mail scanners fetch links to check them, and that must not
+confirm, agree or withdraw anything. The button POSTs to the same URL, and that POST records the
+entry through the group-commit writer. Mail clients' one-click unsubscribe (RFC 8058) POSTs to the
+List-Unsubscribe URL directly; the token is in the URL, so no body needs to be read.
+
+A forged or damaged link gets 400, an expired or already used one 410, each with a page saying so,
+and nothing is recorded. "Used" is decided from the ledger inside the writing transaction, so two
+clicks at once record once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from . import pages, subscribers, tokens
+from .ledger import LedgerRefusal, LedgerTxn, LedgerUnavailable
+from .manifest import ManifestUnavailable
+from .tokens import LinkClaim, TokenRefused
+
+log = logging.getLogger("form_handler.mail_routes")
+
+
+class LinkUsed(LedgerRefusal):
+    """The link did its work already (or its consent is gone); raised before anything is written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "token")
+
+
+@dataclass(frozen=True)
+class Link:
+    purpose: tokens.Purpose
+    path: str
+    title: str
+    lead: str
+    button: str
+    done_title: str
+    done: str
+
+
+LINKS = {
+    link.path: link
+    for link in (
+        Link("confirm", "/api/confirm", "Confirm your e-mail address",
+             "You asked us to e-mail you when our {title} changes. Confirm that this address is yours.",
+             "Yes, e-mail me about changes", "Your address is confirmed",
+             "We will e-mail you when our {title} changes. Every such e-mail has a link to stop them."),
+        Link("reconsent", "/api/reconsent", "Agree to the new version",
+             "Our {title} has changed. You can agree to the new version here.",
+             "I agree to the new version", "Thank you: your agreement is recorded",
+             "We recorded that you agreed to the new version of our {title}."),
+        Link("withdraw", "/api/withdraw-consent", "Withdraw your consent",
+             "If you do not agree to the new version of our {title}, you can withdraw your consent here. "
+             "We will then treat every choice you made on our feedback form with this address as not given.",
+             "Withdraw my consent", "Your consent is withdrawn",
+             "We will not contact you, send you e-mails about changes or share your address on the strength of it."),
+        Link("unsubscribe", "/api/unsubscribe", "Stop e-mails about changes",
+             "Stop the e-mails we send when our {title} changes. Nothing else you agreed to changes.",
+             "Stop these e-mails", "You will get no more e-mails about changes",
+             "We will not e-mail you when our {title} changes. Nothing else you agreed to has changed."),
+    )
+}
+
+
+def check(purpose: str, claim: LinkClaim, connection: Any) -> subscribers.Person | None:
+    """Raise LinkUsed when the link can no longer do its work; return the person it acts for."""
+    if purpose == "confirm":
+        state = subscribers.receipt_state(connection, claim.receipt_id)
+        if state is None or state["withdrawn"] or state["erased"]:
+            raise LinkUsed("The consent this link belongs to was withdrawn or erased, so there is nothing to confirm.")
+        if state["confirmed"]:
+            raise LinkUsed("This link was already used: your address is confirmed.")
+        if not state["updates"]:
+            raise LinkUsed("You have stopped e-mails about changes, so there is nothing to confirm.")
+        return None
+    person = subscribers.person_of(connection, claim.receipt_id)
+    if purpose == "unsubscribe":
+        return person  # stopping twice is not an error: the page says they are off the list
+    if person is None:
+        raise LinkUsed("Your consent was already withdrawn or erased, so this link has nothing left to do.")
+    if purpose == "reconsent" and claim.version in person.agreed:
+        raise LinkUsed("This link was already used: you have agreed to this version.")
+    return person
+
+
+def record(purpose: str, claim: LinkClaim, txn: LedgerTxn) -> int:
+    """Check again and write, inside the writer's transaction; return how many entries were added."""
+    person = check(purpose, claim, txn.connection)
+    if purpose == "confirm":
+        txn.append("confirmation", claim.receipt_id, policy_id=claim.policy_id)
+        return 1
+    if purpose == "reconsent":
+        txn.append("reconsent", claim.receipt_id, policy_id=claim.policy_id, policy_version=claim.version)
+        return 1
+    if person is None:
+        return 0
+    if purpose == "withdraw":
+        for receipt_id in person.receipt_ids:
+            txn.append("withdrawal", receipt_id)  # no flags: every consent of the receipt
+        return len(person.receipt_ids)
+    for receipt_id in person.updates_receipt_ids:
+        # consent_updates false: this withdrawal stops the e-mails and nothing else.
+        txn.append("withdrawal", receipt_id, consent_updates=False)
+    return len(person.updates_receipt_ids)
+
+
+async def _key(request: Request) -> bytes:
+    state = request.app.state
+    key: bytes | None = getattr(state, "link_key", None)
+    if key is None:
+        secret = request.state.service.settings.secret
+        key = await request.state.service.writer.submit(lambda txn: tokens.signing_key(txn.connection, secret))
+        state.link_key = key
+    return key
+
+
+async def _title(request: Request, policy_id: str) -> tuple[str, str | None]:
+    svc = request.state.service
+    try:
+        entry = (await svc.manifest.policies()).get(policy_id)
+    except ManifestUnavailable:
+        entry = None
+    if entry is None:
+        return policy_id, None
+    return entry.title, f"{svc.settings.base_url}/{entry.url}"
+
+
+async def _page(request: Request, link: Link, status: int, *, claim: LinkClaim | None, title: str,
+                lead: str, details: str = "", button: str = "", note: str = "") -> Response:
+    site_url = request.state.service.settings.base_url
+    policy_title, policy_url = await _title(request, claim.policy_id) if claim else (None, None)
+    action = f"{link.path}?token={request.query_params.get('token', '')}" if button else None
+    return pages._page(
+        "mail_link.html", status, site_url, title=title, description=link.title, lead=lead, details=details,
+        action=action, button=button, note=note, policy_title=policy_title, policy_url=policy_url,
+    )
+
+
+async def show(request: Request) -> Response:
+    """GET: say what the link will do, with a button; records nothing."""
+    link = LINKS[request.url.path]
+    try:
+        claim = tokens.verify(await _key(request), request.query_params.get("token", ""), link.purpose, now=time.time())
+        reader = request.state.service.reader
+        person = await run_in_threadpool(check, link.purpose, claim, reader.connection)
+    except TokenRefused as e:
+        return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason)
+    except LinkUsed as e:
+        return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e))
+    title, _ = await _title(request, claim.policy_id)
+    if link.purpose == "unsubscribe" and (person is None or not person.updates_receipt_ids):
+        return await _page(request, link, 200, claim=claim, title=link.done_title, lead=link.done.format(title=title))
+    return await _page(request, link, 200, claim=claim, title=link.title, lead=link.lead.format(title=title),
+                       button=link.button)
+
+
+async def act(request: Request) -> Response:
+    """POST: record the confirmation, agreement, withdrawal or unsubscribe, once; then say so."""
+    link = LINKS[request.url.path]
+    svc = request.state.service
+    try:
+        claim = tokens.verify(await _key(request), request.query_params.get("token", ""), link.purpose, now=time.time())
+        if link.purpose == "reconsent" and await svc.manifest.check(claim.policy_id, claim.version):
+            raise LinkUsed("The version this link agrees to is no longer published; nothing was recorded.")
+        added = await svc.writer.submit(lambda txn: record(link.purpose, claim, txn))
+    except TokenRefused as e:
+        return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason,
+                           note="Nothing was recorded.")
+    except LinkUsed as e:
+        return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e),
+                           note="Nothing was recorded.")
+    except (LedgerUnavailable, ManifestUnavailable) as e:
+        log.error("cannot record %s: %s", link.purpose, e)
+        return await _page(request, link, 503, claim=None, title="Please try again later",
+                           lead="We cannot record this now; nothing was recorded. Please open the link again later.")
+    log.info("%s recorded (%d entries)", link.purpose, added)
+    title, _ = await _title(request, claim.policy_id)
+    return await _page(request, link, 200, claim=claim, title=link.done_title, lead=link.done.format(title=title))
+
+
+ROUTES: list[BaseRoute] = [
+    route
+    for path in LINKS
+    for route in (Route(path, show, methods=["GET"]), Route(path, act, methods=["POST"]))
+]
+
+
+def _openapi(link: Link) -> dict[str, Any]:
+    token = [{"name": "token", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 1024},
+              "description": "The signed, expiring token from the e-mail link."}]
+    html = {"text/html": {"schema": {"type": "string"}}}
+    refused = {"400": {"description": "Forged or damaged link; nothing recorded.", "content": html},
+               "410": {"description": "Expired or already used link; nothing recorded.", "content": html}}
+    return {
+        "get": {"summary": f"{link.title}: a page with a button (records nothing).", "parameters": token,
+                "responses": {"200": {"description": "The page.", "content": html}, **refused}},
+        "post": {"summary": f"{link.title}: record it." + (
+                     " Also the RFC 8058 one-click target (body List-Unsubscribe=One-Click)."
+                     if link.purpose == "unsubscribe" else ""),
+                 "parameters": token,
+                 "responses": {"200": {"description": "Recorded.", "content": html}, **refused,
+                               "503": {"description": "Cannot record now; nothing recorded.", "content": html}}},
+    }
+
+
+# Merged into the service's OpenAPI document (form_handler/openapi.py).
+OPENAPI_PATHS: dict[str, Any] = {path: _openapi(link) for path, link in LINKS.items()}

@@ -1,0 +1,183 @@
+"""The e-mail link pages through the app (TestClient), with a real SMTP server and a real ledger."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from mailserver import MailServer, free_port
+from starlette.testclient import TestClient
+
+from form_handler import notify, outbox, tokens
+from form_handler.app import create_app
+from form_handler.ledger import Ledger
+from form_handler.settings import Settings
+
+V1, V2 = "1" * 64, "2" * 64
+KEY = tokens.signing_key(None, "s")
+FORM = {"message": "Hello", "policy_id": "privacy", "policy_version": V1, "page": "/feedback/"}
+
+
+def make_settings(tmp_path: Path, port: int) -> Settings:
+    manifest = tmp_path / "policy-versions.json"
+    manifest.write_text(json.dumps({"policies": [{
+        "id": "privacy", "title": "Privacy Policy", "url": "privacy/", "version": V2,
+        "changes": [{"date": "2026-11-20", "effective": "2026-12-20", "summary": "Kept longer.", "material": True, "version": V2}],
+        "versions": [{"version": V1, "effective": "2026-01-01", "url": "privacy/versions/2026-01-01/", "current": False},
+                     {"version": V2, "effective": "2026-12-20", "url": "privacy/", "current": True}],
+    }]}))
+    return Settings(ledger_path=tmp_path / "ledger.sqlite3", manifest=str(manifest), rate_limit=0,
+                    smtp_host="127.0.0.1", smtp_port=port, base_url="https://policies.example", secret="s")
+
+
+@pytest.fixture
+def smtp() -> Iterator[MailServer]:
+    with MailServer() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, smtp: MailServer) -> Settings:
+    return make_settings(tmp_path, smtp.port)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def kinds(settings: Settings) -> list[tuple[str, object]]:
+    with Ledger(settings.ledger_path, readonly=True) as led:
+        rows = led.connection.execute("SELECT kind, consent_updates FROM entries ORDER BY seq").fetchall()
+    return [(k, u) for k, u in rows]
+
+
+def subscribe(client: TestClient, email: str = "ann@example.com") -> str:
+    r = client.post("/api/feedback", json={**FORM, "email": email, "consent_updates": True})
+    assert r.status_code == 201, r.text
+    return str(r.json()["receipt_id"])
+
+
+def link(purpose: tokens.Purpose, receipt_id: str, version: str = V2, **kw: float) -> str:
+    path = {"withdraw": "withdraw-consent"}.get(purpose, purpose)
+    return f"/api/{path}?token={tokens.sign(KEY, purpose, receipt_id, 'privacy', version, now=time.time(), **kw)}"
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def link_in(msg: object, path: str) -> str:
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[attr-defined]
+    return next(w for w in text.split() if f"{path}?token=" in w)
+
+
+def test_feedback_with_updates_queues_a_confirmation_that_the_service_sends(client: TestClient, smtp: MailServer) -> None:
+    receipt_id = subscribe(client)
+    client.post("/api/feedback", json={**FORM, "email": "bob@example.com"})  # no updates: no mail
+    (msg,) = smtp.wait_for(1)
+    assert msg["To"] == "ann@example.com" and "Please confirm" in msg["Subject"]
+    url = link_in(msg, "/api/confirm")
+    claim = tokens.verify(KEY, url.split("token=")[1], "confirm", now=time.time())
+    assert claim.receipt_id == receipt_id and url.startswith("https://policies.example/api/confirm?")
+
+
+def test_confirm_link_get_shows_a_button_and_records_nothing(client: TestClient, settings: Settings) -> None:
+    receipt_id = subscribe(client)
+    r = client.get(link("confirm", receipt_id, V1))
+    assert r.status_code == 200 and '<form method="post"' in r.text and "Yes, e-mail me about changes" in r.text
+    assert [k for k, _ in kinds(settings)] == ["consent"]
+
+
+def test_confirm_link_post_records_once_then_says_used(client: TestClient, settings: Settings) -> None:
+    url = link("confirm", subscribe(client), V1)
+    assert client.post(url).status_code == 200
+    again = client.post(url)
+    assert again.status_code == 410 and "already used" in again.text
+    assert [k for k, _ in kinds(settings)] == ["consent", "confirmation"]
+
+
+def test_reconsent_link_records_the_new_version_once(client: TestClient, settings: Settings) -> None:
+    receipt_id = subscribe(client)
+    assert client.get(link("reconsent", receipt_id)).status_code == 200
+    r = client.post(link("reconsent", receipt_id))
+    assert r.status_code == 200 and "agreement is recorded" in r.text
+    assert client.post(link("reconsent", receipt_id)).status_code == 410
+    with Ledger(settings.ledger_path, readonly=True) as led:
+        assert led.connection.execute("SELECT policy_version FROM receipts").fetchone()[0] == V2
+
+
+def test_withdraw_link_withdraws_every_receipt_of_the_address(client: TestClient, settings: Settings) -> None:
+    first, second = subscribe(client, "ann@example.com"), subscribe(client, "ANN@example.com")
+    assert client.post(link("withdraw", first)).status_code == 200
+    with Ledger(settings.ledger_path, readonly=True) as led:
+        assert led.status(first).withdrawn and led.status(second).withdrawn
+    assert client.post(link("withdraw", first)).status_code == 410
+
+
+def test_one_click_unsubscribe_stops_updates_only_and_is_idempotent(client: TestClient, settings: Settings) -> None:
+    receipt_id = subscribe(client)
+    one_click = {"content-type": "application/x-www-form-urlencoded"}
+    r = client.post(link("unsubscribe", receipt_id), content=b"List-Unsubscribe=One-Click", headers=one_click)
+    assert r.status_code == 200
+    assert client.post(link("unsubscribe", receipt_id), content=b"List-Unsubscribe=One-Click", headers=one_click).status_code == 200
+    assert kinds(settings) == [("consent", 1), ("withdrawal", 0)]
+    with Ledger(settings.ledger_path, readonly=True) as led:
+        assert not led.status(receipt_id).withdrawn
+
+
+@pytest.mark.parametrize("purpose", ["confirm", "reconsent", "withdraw", "unsubscribe"])
+def test_tampered_link_is_refused_with_400_and_records_nothing(client: TestClient, settings: Settings, purpose: tokens.Purpose) -> None:
+    url = link(purpose, subscribe(client))
+    body, mac = url.split("token=")[1].split(".")
+    tampered = url.replace(body, body[:-2] + ("AA" if body[-2:] != "AA" else "BB"))
+    for r in (client.get(tampered), client.post(tampered)):
+        assert r.status_code == 400 and "cannot be used" in r.text
+    assert [k for k, _ in kinds(settings)] == ["consent"]
+
+
+def test_expired_or_wrong_purpose_link_is_refused_and_records_nothing(client: TestClient, settings: Settings) -> None:
+    receipt_id = subscribe(client)
+    expired = client.post(link("reconsent", receipt_id, lifetime=-1))
+    assert expired.status_code == 410 and "expired" in expired.text
+    wrong = client.post(link("unsubscribe", receipt_id).replace("/api/unsubscribe", "/api/reconsent"))
+    assert wrong.status_code == 400
+    assert client.post("/api/confirm").status_code == 400
+    assert [k for k, _ in kinds(settings)] == ["consent"]
+
+
+def test_confirmation_waits_in_the_outbox_while_the_mail_server_is_down(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, free_port())
+    with TestClient(create_app(settings)) as client:
+        subscribe(client)  # answered at once although no mail server listens
+        deadline = time.monotonic() + 10
+        with Ledger(settings.ledger_path) as led:
+            # The background sender tries at once, fails, and schedules the retry 30 s later.
+            while time.monotonic() < deadline:
+                attempts, error = led.connection.execute("SELECT attempts, last_error FROM outbox").fetchone()
+                if attempts:
+                    break
+                time.sleep(0.05)
+    assert attempts == 1 and "POLICY_SITE_SMTP_HOST" in error
+    with MailServer(settings.smtp_port) as smtp, Ledger(settings.ledger_path) as led:
+        assert outbox.send_due(led.connection, settings).sent == 0  # not due yet: the back-off holds
+        result = outbox.send_due(led.connection, settings, now=outbox.utcnow() + timedelta(seconds=31))
+        assert result.sent == 1 and smtp.recipients() == ["ann@example.com"]
+
+
+def test_notice_links_work_end_to_end(client: TestClient, settings: Settings, smtp: MailServer) -> None:
+    receipt_id = subscribe(client)
+    assert client.post(path_of(link_in(smtp.wait_for(1)[0], "/api/confirm"))).status_code == 200
+    with Ledger(settings.ledger_path) as led:
+        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == ["ann@example.com"]
+    assert client.post(path_of(link_in(smtp.wait_for(2)[1], "/api/reconsent"))).status_code == 200
+    with Ledger(settings.ledger_path) as led:
+        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == []
+    assert [k for k, _ in kinds(settings)] == ["consent", "confirmation", "notice", "reconsent"] and receipt_id
