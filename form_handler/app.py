@@ -27,10 +27,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from . import export, pages
+from . import export, mail_routes, optin, pages
 from .bodies import Refused, read_fields, wants_json
 from .ledger import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
 from .limits import BodyLimitMiddleware, RateLimiter
+from .mailer import Mailer
 from .manifest import Manifest, ManifestUnavailable
 from .openapi import openapi_document
 from .origins import origin_allowed
@@ -102,7 +103,8 @@ async def feedback(request: Request) -> Response:
                           headers={"Retry-After": "10"}) from None
         if errors:
             raise Refused(422, errors)
-        receipt = await svc.writer.submit(lambda txn: txn.append_consent(draft))
+        # The consent and, when updates were asked for, the queued confirmation mail: one transaction.
+        receipt = await optin.record_consent(request, draft)
     except Refused as r:
         return refusal(request, r.status, r.errors, back=back, headers=r.headers)
     except LedgerRefusal as e:
@@ -252,6 +254,7 @@ ROUTES: list[BaseRoute] = [
     Route("/api/ledger/head", ledger_head, methods=["GET"]),
     Route("/api/openapi.json", openapi, methods=["GET"]),
     Route("/api/pages.css", stylesheet, methods=["GET"]),
+    *mail_routes.ROUTES,  # /api/confirm, /api/reconsent, /api/withdraw-consent, /api/unsubscribe
 ]
 
 
@@ -270,9 +273,13 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
             await run_in_threadpool(w.start)
         reader = await run_in_threadpool(Ledger, settings.ledger_path, readonly=True)
         svc = Service(settings, w, reader, Manifest(settings.manifest), RateLimiter(settings.rate_limit))
+        # Sends queued mail (address confirmations) in the background, retrying with back-off.
+        mailer = Mailer(settings)
+        mailer.start()
         try:
-            yield {"service": svc}
+            yield {"service": svc, "mailer": mailer}
         finally:
+            await mailer.stop()
             # The read-only connection closes first, so the writer's is the last and checkpoints the WAL.
             reader.close()
             if own:

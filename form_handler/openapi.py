@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .bodies import MAX_FIELDS
+from .mail_routes import OPENAPI_PATHS as MAIL_LINK_PATHS
 from .settings import Settings
 from .submissions import EMAIL_MAX, ID_MAX, MESSAGE_MAX, PAGE_MAX
 
@@ -170,6 +171,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                                           "responses": {"200": _json("OpenAPI 3.1.", {"type": "object"})}}},
             "/api/pages.css": {"get": {"summary": "Stylesheet of the service's pages.", "responses": {
                 "200": {"description": "CSS.", "content": {"text/css": {"schema": {"type": "string"}}}}}}},
+            **MAIL_LINK_PATHS,  # the pages behind links in our e-mails (form_handler/mail_routes.py)
         },
         "components": {
             "schemas": SCHEMAS,
