@@ -12,7 +12,7 @@ from typing import Any
 
 import apsw
 
-from .chain import FLAG_COLUMNS, TEXT_COLUMNS, commitment
+from .chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, commitment
 
 # Counts below this are left out (or null) so that no one can be picked out of the statistics.
 MIN_COUNT = 5
@@ -32,6 +32,17 @@ SELECT seq FROM entries WHERE CASE WHEN json_valid(CAST(canonical AS TEXT))
   ELSE 1 END
 ORDER BY seq LIMIT 1
 """
+
+
+def first_broken_link(conn: apsw.Connection) -> tuple[int, str] | None:
+    """The first entry whose prev_hash column is not the hash of the entry before it."""
+    found: list[Any] = conn.execute(
+        "SELECT e.seq FROM entries e LEFT JOIN entries p ON p.seq = e.seq - 1"
+        " WHERE e.prev_hash IS NOT coalesce(p.hash, ?) ORDER BY e.seq LIMIT 1", (GENESIS,),
+    ).fetchall()
+    if not found:
+        return None
+    return found[0][0], f"entry #{found[0][0]} does not link to the hash of entry #{found[0][0] - 1}"
 
 
 def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
@@ -57,15 +68,12 @@ def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
 def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
     """The first consent whose stored email/message no longer match the salted commitment."""
     rows = conn.execute(
-        "SELECT e.seq, e.canonical, p.salt, p.email, p.message FROM personal p"
-        " JOIN entries e ON e.receipt_id = p.receipt_id AND e.kind = 'consent' ORDER BY e.seq"
+        "SELECT e.seq, CASE WHEN json_valid(CAST(e.canonical AS TEXT))"
+        " THEN json_extract(CAST(e.canonical AS TEXT), '$.commitment') END, p.salt, p.email, p.message"
+        " FROM personal p JOIN entries e ON e.receipt_id = p.receipt_id AND e.kind = 'consent' ORDER BY e.seq"
     )
-    for seq, data, salt, email, message in rows:
-        try:
-            expected = str(json.loads(data).get("commitment", ""))
-        except ValueError:
-            expected = ""
-        if not hmac.compare_digest(expected, commitment(bytes(salt), email, message)):
+    for seq, expected, salt, email, message in rows:
+        if not hmac.compare_digest(str(expected), commitment(bytes(salt), email, message)):
             return seq, f"entry #{seq}: email or message do not match the entry's commitment"
     return None
 
