@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import apsw
@@ -180,3 +183,49 @@ def test_generic_append_for_known_receipts_only(ledger: Ledger) -> None:
         with pytest.raises(ValueError):
             txn.append("consent", receipt.receipt_id)
     assert entry.seq == 2 and ledger.verify().ok
+
+
+WORKER = """
+import asyncio, sys, time
+from pathlib import Path
+from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.writer import GroupCommitWriter
+path, tag, mode, go = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+def draft(i):
+    return ConsentDraft("privacy", "a" * 64, "/feedback/", f"{tag}-{i}", None, False, False, False)
+while not go.exists():
+    time.sleep(0.001)
+if mode == "commits":  # one commit per append: the most lock hand-overs
+    with Ledger(path) as led:
+        for i in range(100):
+            led.append_consent(draft(i))
+else:  # the service's way: a group-commit writer, ten at a time
+    async def main():
+        w = GroupCommitWriter(path)
+        w.start()
+        for start in range(0, 100, 10):
+            await asyncio.gather(*(w.submit(lambda t, i=i: t.append_consent(draft(i))) for i in range(start, start + 10)))
+        await w.aclose()
+    asyncio.run(main())
+"""
+
+
+def test_two_processes_appending_at_once_keep_the_chain_intact(tmp_path: Path) -> None:
+    path, go = tmp_path / "ledger.sqlite3", tmp_path / "go"
+    Ledger(path).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), tag, mode, str(go)])
+             for tag, mode in (("a", "commits"), ("b", "writer"))]
+    time.sleep(0.5)  # both have imported and are waiting
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with Ledger(path) as led:
+        report = led.verify()
+        messages = sorted(r["message"] for r in led.export())
+    assert report.ok and report.count == 200
+    assert messages == sorted(f"{t}-{i}" for t in "ab" for i in range(100))  # none lost, none twice
+    assert len({r["receipt_id"] for r in led_export(path)}) == 200
+
+
+def led_export(path: Path) -> list[dict[str, object]]:
+    with Ledger(path, readonly=True) as led:
+        return list(led.export())
