@@ -1,11 +1,14 @@
 """Request limits: the body size, counted on the byte stream, and a per-client submission rate.
 
 Neither Starlette nor uvicorn limits a request body, and Content-Length can lie (or be absent, with
-chunked encoding), so the body limit counts the bytes the app actually receives.
+chunked encoding), so the body limit counts the bytes the app actually receives. Nor does either put a
+deadline on a body that trickles in (or never comes), so the whole body must arrive within body_timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -24,40 +27,61 @@ class BodyTooLarge(Exception):
     """Raised from receive() once more than max_body bytes arrived."""
 
 
+class BodyTooSlow(Exception):
+    """Raised from receive() when the body has not fully arrived within body_timeout seconds."""
+
+
 def json_refusal(scope: Scope, status: int, errors: dict[str, str]) -> Response:
     return JSONResponse({"errors": errors}, status_code=status)
 
 
 class BodyLimitMiddleware:
-    """Answer 413 when a request body is, or claims to be, larger than max_body bytes."""
+    """413 when a body is, or claims to be, over max_body bytes; 408 when it trickles in too slowly.
 
-    def __init__(self, app: ASGIApp, max_body: int, refusal: Refusal = json_refusal) -> None:
+    uvicorn has no timeout for a body that stops arriving (or never comes, under a lying
+    Content-Length), so one slow client could hold a connection and a task for ever.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, refusal: Refusal = json_refusal,
+                 body_timeout: float = 10.0) -> None:
         self.app = app
         self.max_body = max_body
         self.refusal = refusal
+        self.body_timeout = body_timeout
 
-    def _too_large(self, scope: Scope) -> Response:
-        message = f"The request body is larger than {self.max_body} bytes; shorten the message."
-        return self.refusal(scope, 413, {"body": message})
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+        response = self.refusal(scope, status, {"body": message})
+        # The rest of the body is never read, so the connection cannot carry another request.
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = f"The request body is larger than {self.max_body} bytes; shorten the message."
         for name, value in scope["headers"]:
             if name == b"content-length":
                 # Refuse up front, before reading a byte; an unparsable length is left to the stream count.
                 if value.strip().isdigit() and int(value) > self.max_body:
-                    await self._too_large(scope)(scope, receive, send)
+                    await self._refuse(scope, receive, send, 413, too_large)
                     return
         received = 0
+        body_done = False
         started = False
+        deadline = time.monotonic() + self.body_timeout
 
         async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # e.g. a streaming response listening for the disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise BodyTooSlow() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body:
                     raise BodyTooLarge()
             return message
@@ -70,10 +94,14 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
+        except (BodyTooLarge, BodyTooSlow) as e:
             if started:  # cannot happen for our routes, which read the body before answering
                 raise
-            await self._too_large(scope)(scope, receive, send)
+            if isinstance(e, BodyTooLarge):
+                await self._refuse(scope, receive, send, 413, too_large)
+            else:
+                await self._refuse(scope, receive, send, 408,
+                                   f"The request body did not arrive within {self.body_timeout:g} seconds.")
 
 
 class RateLimiter:
