@@ -26,6 +26,17 @@ POLICY_ID = "privacy"
 VERSION = "5" * 64
 PAGE = "/feedback/"
 CLI = str(Path(sys.executable).with_name("policy-site"))
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def record(name: str, figures: dict[str, object]) -> None:
+    """Print the figures and keep them in test-artifacts/faults.json (the README quotes them)."""
+    print(f"\n{name}: {json.dumps(figures, sort_keys=True)}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "faults.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = figures
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def write_manifest(path: Path) -> Path:
