@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,47 +117,81 @@ def _read_blobs(spawn: Spawn, cwd: Path, blobs: Sequence[str]) -> dict[str, str]
     return texts
 
 
+class HistoryReader:
+    """Reads the history in the background, so git works while MkDocs renders pages.
+
+    Construct it early (on_config: checks the repository and starts `git log`, raising HistoryUnavailable
+    at once), call request() when the policy files are known (on_files: starts `git cat-file`), and
+    result() when the histories are needed. Three git processes in all, however many files.
+    """
+
+    def __init__(self, repo_root: Path, *, spawn: Spawn = subprocess.Popen) -> None:
+        self._spawn = spawn
+        self._root = Path(repo_root).resolve()
+        self._toplevel = _locate(spawn, self._root)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-history")
+        self._log = self._pool.submit(self._read_log)
+        self._result: Future[dict[Path, FileHistory]] | None = None
+
+    def _read_log(self) -> list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]]:
+        # First parent only, merges diffed against it: a change counts from when it landed on the
+        # published line, and side-branch commits that never were the published text are skipped.
+        # log.showSignature in a user's config would mix gpg output into what we parse.
+        args = ["git", "-c", "log.showSignature=false", "log", "--first-parent", "--diff-merges=first-parent"]
+        args += ["--raw", "-M", "-z", "--no-abbrev", "--format=%x01%H %ct"]
+        try:
+            return _parse_log(_run(self._spawn, args, self._toplevel))
+        except HistoryUnavailable as exc:
+            if "does not have any commits" not in str(exc):
+                raise
+            return []  # a fresh repository: every file is uncommitted
+
+    def request(self, paths: Sequence[Path]) -> None:
+        """Start reading the history of `paths` (absolute, or relative to the repo_root given)."""
+        wanted: dict[str, Path] = {}
+        for path in paths:
+            absolute = (self._root / path).resolve()
+            try:
+                wanted[absolute.relative_to(self._toplevel).as_posix()] = path
+            except ValueError:
+                raise HistoryUnavailable(f"{absolute} is outside the git repository {self._toplevel}; move it into the repository.") from None
+        self._result = self._pool.submit(self._histories, wanted)
+        self._pool.shutdown(wait=False)
+
+    def result(self) -> dict[Path, FileHistory]:
+        """The history of each requested file, keyed by the path as given; raises HistoryUnavailable."""
+        if self._result is None:
+            raise RuntimeError("HistoryReader.result() called before request()")
+        return self._result.result()
+
+    def _histories(self, wanted: dict[str, Path]) -> dict[Path, FileHistory]:
+        tracking = {name: name for name in wanted}  # name at the commit being read -> name today
+        found: dict[str, list[tuple[str, datetime, str, str]]] = {name: [] for name in wanted}
+        for sha, when, changes in self._log.result():  # newest first
+            for status, blob, name, old_name in changes:
+                today = tracking.get(name)
+                if today is None or status == "D":
+                    continue
+                found[today].append((sha, when, name, blob))
+                if status == "A":  # born here: older commits with this name are another file's life
+                    del tracking[name]
+                elif status == "R" and old_name is not None:
+                    del tracking[name]
+                    tracking[old_name] = today
+        texts = _read_blobs(self._spawn, self._toplevel, [blob for entries in found.values() for *_, blob in entries])
+        result: dict[Path, FileHistory] = {}
+        for name, original in wanted.items():
+            revisions = [Revision(sha, when, at, texts[blob]) for sha, when, at, blob in reversed(found[name])]
+            result[original] = FileHistory(path=original, revisions=tuple(revisions))
+        return result
+
+
 def read_history(repo_root: Path, paths: Sequence[Path], *, spawn: Spawn = subprocess.Popen) -> dict[Path, FileHistory]:
     """Return the history of each file in `paths` (absolute, or relative to `repo_root`), keyed as given.
 
     Follows each file back through renames (`git mv`). Raises HistoryUnavailable outside a git
     repository, in a shallow clone, or when git fails; the message says how to fetch full history.
     """
-    root = Path(repo_root).resolve()
-    toplevel = _locate(spawn, root)
-    wanted: dict[str, Path] = {}
-    for path in paths:
-        absolute = (root / path).resolve()
-        try:
-            wanted[absolute.relative_to(toplevel).as_posix()] = path
-        except ValueError:
-            raise HistoryUnavailable(f"{absolute} is outside the git repository {toplevel}; move it into the repository.") from None
-    # First parent only, merges diffed against it: a change counts from when it landed on the
-    # published line, and side-branch commits that never were the published text are skipped.
-    # log.showSignature in a user's config would mix gpg output into what we parse.
-    args = ["git", "-c", "log.showSignature=false", "log", "--first-parent", "--diff-merges=first-parent", "--raw", "-M", "-z", "--no-abbrev", "--format=%x01%H %ct"]
-    try:
-        log = _parse_log(_run(spawn, args, toplevel))
-    except HistoryUnavailable as exc:
-        if "does not have any commits" not in str(exc):
-            raise
-        log = []  # a fresh repository: every file is uncommitted
-    tracking = {name: name for name in wanted}  # name at the commit being read -> name today
-    found: dict[str, list[tuple[str, datetime, str, str]]] = {name: [] for name in wanted}
-    for sha, when, changes in log:  # newest first
-        for status, blob, name, old_name in changes:
-            today = tracking.get(name)
-            if today is None or status == "D":
-                continue
-            found[today].append((sha, when, name, blob))
-            if status == "A":  # born here: older commits with this name are another file's life
-                del tracking[name]
-            elif status == "R" and old_name is not None:
-                del tracking[name]
-                tracking[old_name] = today
-    texts = _read_blobs(spawn, toplevel, [blob for entries in found.values() for *_, blob in entries])
-    result: dict[Path, FileHistory] = {}
-    for name, original in wanted.items():
-        revisions = [Revision(sha, when, at, texts[blob]) for sha, when, at, blob in reversed(found[name])]
-        result[original] = FileHistory(path=original, revisions=tuple(revisions))
-    return result
+    reader = HistoryReader(repo_root, spawn=spawn)
+    reader.request(paths)
+    return reader.result()

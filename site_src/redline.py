@@ -9,21 +9,27 @@ a screen reader announces the change and colour is never the only signal.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from functools import lru_cache
 from html import escape
 
 Segment = tuple[str, str]  # (op, text); op is "equal", "delete" or "insert"
 
 _TOKEN_RE = re.compile(r"\w+(?:['’.\-]\w+)*|\s+|[^\w\s]")
 _ITEM_RE = re.compile(r"^\s{0,3}(?:[-*+]|\d+[.)])\s+")
+# (a character the syntax needs, pattern, replacement): the check skips a regex that cannot match.
 _INLINE = [
-    (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),  # links and images: keep the words
-    (re.compile(r"\[([^\]]*)\]\[[^\]]*\]"), r"\1"),  # reference links
-    (re.compile(r"\{:?\s*[#.][^}]*\}"), ""),  # attr_list: {#id .class}
-    (re.compile(r"<(https?://[^>]+)>"), r"\1"),  # autolinks
-    (re.compile(r"</?[A-Za-z][^>]*>"), ""),  # inline HTML tags
-    (re.compile(r"\*+|`+|(?<!\w)_+|_+(?!\w)"), ""),  # emphasis and code markers
+    ("[", re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),  # links and images: keep the words
+    ("[", re.compile(r"\[([^\]]*)\]\[[^\]]*\]"), r"\1"),  # reference links
+    ("{", re.compile(r"\{:?\s*[#.][^}]*\}"), ""),  # attr_list: {#id .class}
+    ("<", re.compile(r"<(https?://[^>]+)>"), r"\1"),  # autolinks
+    ("<", re.compile(r"</?[A-Za-z][^>]*>"), ""),  # inline HTML tags
+    ("*", re.compile(r"\*+"), ""),  # emphasis
+    ("`", re.compile(r"`+"), ""),  # code
+    ("_", re.compile(r"(?<!\w)_+|_+(?!\w)"), ""),  # emphasis, but not snake_case
 ]
 _PAIR_RATIO = 0.4  # below this, a removed and an added paragraph are shown as such, not as one edit
 
@@ -47,14 +53,21 @@ class Block:
         return any(op != "equal" for op, _ in self.segments)
 
 
+@lru_cache(maxsize=16384)  # versions of one policy share most paragraphs: each is cleaned once per build
 def _inline(text: str) -> str:
-    for pattern, replacement in _INLINE:
-        text = pattern.sub(replacement, text)
+    for needed, pattern, replacement in _INLINE:
+        if needed in text:
+            text = pattern.sub(replacement, text)
     return " ".join(text.split())
 
 
 def plain_blocks(markdown: str) -> list[tuple[str, str]]:
     """Split a Markdown body into (kind, plain text) blocks: headings, list items and paragraphs."""
+    return list(_plain_blocks(markdown))
+
+
+@lru_cache(maxsize=256)  # each version is the "after" of one change and the "before" of the next
+def _plain_blocks(markdown: str) -> tuple[tuple[str, str], ...]:
     blocks: list[tuple[str, list[str]]] = []
     for line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         stripped = line.strip().lstrip(">").strip()
@@ -70,13 +83,13 @@ def plain_blocks(markdown: str) -> list[tuple[str, str]]:
         else:
             blocks.append(("paragraph", [stripped]))
     result = [(kind, _inline(" ".join(lines))) for kind, lines in blocks if kind]
-    return [(kind, text) for kind, text in result if text]
+    return tuple((kind, text) for kind, text in result if text)
 
 
 def word_diff(old: str, new: str) -> list[Segment]:
     """Diff two plain texts word by word into (op, text) segments; equal+delete rebuild `old`, equal+insert `new`."""
     a, b = _TOKEN_RE.findall(old), _TOKEN_RE.findall(new)
-    ops = SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    ops = _opcodes(a, b)
     out: list[Segment] = []
     removed: list[str] = []
     added: list[str] = []
@@ -104,15 +117,46 @@ def word_diff(old: str, new: str) -> list[Segment]:
         flush()
         out.append(("equal", text))
     flush()
-    return out
+    merged: list[Segment] = []
+    for op, text in out:  # the cut-off head and tail can leave two equal segments side by side
+        if merged and merged[-1][0] == op:
+            merged[-1] = (op, merged[-1][1] + text)
+        else:
+            merged.append((op, text))
+    return merged
 
 
-def _pair(old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[Block]:
+def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """SequenceMatcher opcodes, with the common head and tail cut off first: an edit to one sentence then
+    costs a diff of that sentence, not of the paragraph."""
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    ops = [("equal", 0, head, 0, head)] if head else []
+    # Spaces are half of all tokens: as junk they only extend matches, which keeps long paragraphs fast.
+    middle = SequenceMatcher(str.isspace, a[head : len(a) - tail], b[head : len(b) - tail], autojunk=False)
+    ops += [(tag, i1 + head, i2 + head, j1 + head, j2 + head) for tag, i1, i2, j1, j2 in middle.get_opcodes()]
+    if tail:
+        ops.append(("equal", len(a) - tail, len(a), len(b) - tail, len(b)))
+    return ops
+
+
+def _similarity(a: str, b: str) -> float:
+    """Share of words two paragraphs have in common (Dice coefficient over word multisets): cheap, order-blind."""
+    x, y = Counter(a.lower().split()), Counter(b.lower().split())
+    total = sum(x.values()) + sum(y.values())
+    return 2 * sum((x & y).values()) / total if total else 1.0
+
+
+def _pair(old: Sequence[tuple[str, str]], new: Sequence[tuple[str, str]]) -> list[Block]:
     """Match changed blocks in order by similarity: an edited paragraph is one block, not a removal and an addition."""
     blocks: list[Block] = []
     j = 0
     for kind, text in old:
-        scores = [SequenceMatcher(None, text, t, autojunk=False).ratio() for _, t in new[j:]]
+        scores = [_similarity(text, t) for _, t in new[j:]]
         best = max(range(len(scores)), key=scores.__getitem__, default=None)
         if best is None or scores[best] < _PAIR_RATIO:
             blocks.append(Block(kind, (("delete", text),)))
@@ -126,7 +170,7 @@ def _pair(old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[Block]
 
 def redline_blocks(old_markdown: str, new_markdown: str) -> list[Block]:
     """The whole redline from one Markdown body to another, block by block, unchanged blocks included."""
-    old, new = plain_blocks(old_markdown), plain_blocks(new_markdown)
+    old, new = _plain_blocks(old_markdown), _plain_blocks(new_markdown)
     blocks: list[Block] = []
     matcher = SequenceMatcher(None, old, new, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():

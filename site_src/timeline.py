@@ -8,6 +8,7 @@ that is not committed yet introduced the working-tree text, which is what MkDocs
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -16,6 +17,9 @@ from .history import FileHistory
 from .records import ChangeRecord, RecordError, load_meta
 from .versions import VersionEntry, policy_version, split_front_matter
 
+# The `changes:` key and its indented block; the date of each record in it.
+_CHANGES_BLOCK_RE = re.compile(r"^changes:[ \t]*(?:#.*)?\n((?:(?:[ \t-].*)?\n)*)", re.MULTILINE)
+_DATE_LINE_RE = re.compile(r"^[ \t]*(?:-[ \t]+)?date:[ \t]*[\"']?(\d{4}-\d{2}-\d{2})[\"']?[ \t]*(?:#.*)?$", re.MULTILINE)
 _DIFF_LINES = 12  # a warning, not a report: enough to find the edit
 _LINE_CHARS = 160
 
@@ -57,10 +61,10 @@ def _body(source: str) -> str:
     return split_front_matter(source)[1].strip() + "\n"
 
 
-def _change_keys(source: str) -> list[tuple[str, str]]:
-    """(date, summary) of each record in a past revision; tolerant, since old front matter may be broken."""
+def _record_keys(meta: str | None) -> list[tuple[str, str]]:
+    """(date, summary) of each record in a past revision's front matter; tolerant, old front matter may be broken."""
     try:
-        raw = load_meta(split_front_matter(source)[0], "<history>").get("changes")
+        raw = load_meta(meta, "<history>").get("changes")
     except RecordError:
         return []
     if not isinstance(raw, list):
@@ -68,16 +72,27 @@ def _change_keys(source: str) -> list[tuple[str, str]]:
     return [(str(c.get("date", "")).strip(), " ".join(str(c.get("summary", "")).split())) for c in raw if isinstance(c, dict)]
 
 
-def _introduced_at(record: ChangeRecord, rank: int, same_day: int, keyed: list[list[tuple[str, str]]]) -> int | None:
+def _record_dates(meta: str | None) -> list[str]:
+    """The record dates in a past revision's front matter. A YAML parse of every revision costs more than the
+    whole history read, so block-style lists (the documented form) are scanned; anything else is parsed."""
+    if meta is None or "changes" not in meta:
+        return []
+    block = _CHANGES_BLOCK_RE.search(meta)
+    if block is None:
+        return [day for day, _ in _record_keys(meta)]
+    return _DATE_LINE_RE.findall(block.group(1))
+
+
+def _introduced_at(record: ChangeRecord, rank: int, same_day: int, metas: list[str | None], dates: list[list[str]]) -> int | None:
     """Index of the first revision holding the record, found by its date (the summary may have been reworded
     since); among several records of one day, by summary, else as the rank-th of that day. None: not committed."""
     day = record.date.isoformat()
     if same_day > 1:
-        for i, keys in enumerate(keyed):
-            if (day, record.summary) in keys:
+        for i, meta in enumerate(metas):
+            if day in dates[i] and (day, record.summary) in _record_keys(meta):
                 return i
-    for i, keys in enumerate(keyed):
-        if sum(1 for d, _ in keys if d == day) > rank:
+    for i, days in enumerate(dates):
+        if days.count(day) > rank:
             return i
     return None
 
@@ -90,12 +105,13 @@ def build_timeline(history: FileHistory, records: Sequence[ChangeRecord], curren
     """
     revisions = history.revisions
     bodies = [_body(r.text) for r in revisions]
-    keyed = [_change_keys(r.text) for r in revisions]
+    metas = [split_front_matter(r.text)[0] for r in revisions]
+    dates = [_record_dates(meta) for meta in metas]
     current = _body(current_source)
     chronological = sorted(records, key=lambda r: r.date)  # stable: same-date records keep the writer's order
     ranks = [sum(1 for o in chronological[:n] if o.date == r.date) for n, r in enumerate(chronological)]
     days = [sum(1 for o in chronological if o.date == r.date) for r in chronological]
-    at = [_introduced_at(r, rank, n, keyed) for r, rank, n in zip(chronological, ranks, days)]
+    at = [_introduced_at(r, rank, n, metas, dates) for r, rank, n in zip(chronological, ranks, days)]
 
     def text_at(index: int | None) -> str:
         return current if index is None else bodies[index]

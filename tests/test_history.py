@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from gitrepo import GitRepo
 
-from site_src.history import HistoryUnavailable, read_history
+from site_src.history import HistoryReader, HistoryUnavailable, read_history
 
 
 def test_read_history_lists_commits_oldest_first_with_their_text(tmp_path: Path) -> None:
@@ -97,3 +97,13 @@ def test_read_history_from_a_subfolder_of_the_repository(tmp_path: Path) -> None
     repo.commit("2026-01-05", {"site/docs/privacy": "one\n"})
     history = read_history(tmp_path / "site", [Path("docs/privacy")])
     assert history[Path("docs/privacy")].revisions[0].path == "site/docs/privacy"
+
+
+def test_history_reader_started_early_reads_files_named_later(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path)
+    repo.commit("2026-01-05", {"a.md": "a\n", "b.md": "b\n"})
+    reader = HistoryReader(tmp_path)  # the plugin starts it in on_config, before the files are known
+    with pytest.raises(RuntimeError):
+        reader.result()
+    reader.request([Path("b.md")])
+    assert [r.text for r in reader.result()[Path("b.md")].revisions] == ["b\n"]

@@ -115,3 +115,23 @@ def test_timeline_record_in_the_first_commit_has_no_text_before(tmp_path: Path) 
 def test_unrecorded_edit_ignores_line_endings_and_surrounding_blank_lines() -> None:
     assert unrecorded_edit("a\nb\n", "\n\na\r\nb\r\n\n") is None
     assert unrecorded_edit("a\nb\n", "a\nc\n") == "--- recorded\n+++ working tree\n@@ -1,2 +1,2 @@\n a\n-b\n+c"
+
+
+def test_timeline_finds_records_written_in_flow_style(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path)
+    repo.commit("2026-01-10", {"privacy.md": policy_source(V1)})
+    flow = "---\npolicy_id: privacy\nchanges: [{date: 2026-03-01, summary: Named the partners.}]\n---\n\n" + V2
+    sha = repo.commit("2026-03-01", {"privacy.md": flow})
+    assert _timeline(repo).changes[0].commit == sha
+
+
+def test_timeline_two_records_of_one_day_each_get_their_own_commit(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path)
+    repo.commit("2026-01-10", {"privacy.md": policy_source(V1)})
+    morning = {"date": "2026-03-01", "summary": "Morning change."}
+    first = repo.commit("2026-03-01", {"privacy.md": policy_source(V2, [morning])})
+    second = repo.commit("2026-03-01", {"privacy.md": policy_source(V3, [{"date": "2026-03-01", "summary": "Later."}, morning])})
+    assert {c.record.summary: (c.commit, c.after) for c in _timeline(repo).changes} == {
+        "Morning change.": (first, V2),
+        "Later.": (second, V3),
+    }
