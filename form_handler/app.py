@@ -285,7 +285,7 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
             if own:
                 await run_in_threadpool(w.close)  # drains what is queued: acknowledged means committed
 
-    def too_large(scope: Scope, status: int, errors: dict[str, str]) -> Response:
+    def body_refusal(scope: Scope, status: int, errors: dict[str, str]) -> Response:
         request = Request(scope)
         if wants_json(request) or request.method != "POST":
             return JSONResponse({"errors": errors}, status_code=status, headers=NO_STORE)
@@ -301,7 +301,7 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
             # CORS outermost, so refusals to an allowed origin still carry its headers.
             Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
                        allow_headers=["Content-Type", "Accept"], expose_headers=["Retry-After"]),
-            Middleware(BodyLimitMiddleware, max_body=settings.max_body, refusal=too_large),
+            Middleware(BodyLimitMiddleware, max_body=settings.max_body, refusal=body_refusal),
         ],
         exception_handlers={HTTPException: http_error, Exception: http_error},
         lifespan=lifespan,

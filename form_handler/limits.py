@@ -8,7 +8,6 @@ deadline on a body that trickles in (or never comes), so the whole body must arr
 from __future__ import annotations
 
 import asyncio
-import asyncio
 import hashlib
 import hmac
 import secrets

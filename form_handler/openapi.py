@@ -100,6 +100,7 @@ SCHEMAS: dict[str, Any] = {
 _POST_REFUSALS = {
     "400": _errors("Unreadable body (bad JSON, too many fields, a file) or a filled honeypot."),
     "403": _errors("An Origin header that is not the service's own or an allowed origin."),
+    "408": _errors("The body did not fully arrive within 10 seconds (the connection is closed)."),
     "413": _errors("Body larger than POLICY_SITE_MAX_BODY bytes."),
     "415": _errors("Another content type, or a charset other than UTF-8."),
     "422": _errors("Offending fields, each named (including an unknown policy version)."),

@@ -83,6 +83,7 @@ LEADS = {
     400: "We could not accept this request.",
     403: "This form was sent from a site that may not send it here.",
     404: "We could not find that receipt.",
+    408: "What you sent took too long to arrive. Please try again.",
     413: "What you sent is too long.",
     415: "This request was not sent as a form.",
     422: "Some of what you sent needs correcting.",

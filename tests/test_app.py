@@ -277,6 +277,6 @@ def test_openapi_describes_every_route_and_nothing_else(client: TestClient, sett
 
 def test_openapi_lists_every_status_the_feedback_route_sends() -> None:
     responses = openapi_document(Settings())["paths"]["/api/feedback"]["post"]["responses"]
-    assert set(responses) == {"200", "201", "400", "403", "413", "415", "422", "429", "503"}
+    assert set(responses) == {"200", "201", "400", "403", "408", "413", "415", "422", "429", "503"}
     statuses = {r[2] for r in REFUSALS} | {429, 503}
     assert {str(s) for s in statuses} <= set(responses)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
+
+import anyio
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -70,7 +74,6 @@ def test_lying_content_length_is_counted_on_the_stream() -> None:
         await app(scope, receive, send)  # type: ignore[arg-type]
         return sent
 
-    import anyio
     sent = anyio.run(run)
     assert sent[0]["status"] == 413 and seen == []
 
@@ -115,3 +118,47 @@ def test_rate_limiter_keeps_no_address_in_memory() -> None:
     limiter = RateLimiter(5)
     limiter.hit("203.0.113.7")
     assert all(b"203.0.113.7" not in key for key in limiter._hits)
+
+
+def _run_asgi(app: Any, bodies: list[tuple[bytes, float]], headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    """Drive the ASGI app directly: each body chunk arrives after its delay in seconds."""
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        chunks = iter(bodies)
+
+        async def receive() -> dict[str, Any]:
+            try:
+                body, delay = next(chunks)
+            except StopIteration:
+                await anyio.sleep(3600)  # the rest never comes
+                raise
+            await anyio.sleep(delay)
+            return {"type": "http.request", "body": body, "more_body": True}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b"",
+                 "root_path": "", "scheme": "http", "server": ("t", 80), "client": None}
+        await app(scope, receive, send)
+
+    anyio.run(run)
+    return sent
+
+
+def test_body_that_stops_arriving_is_cut_off_with_408() -> None:
+    seen.clear()
+    app = Starlette(routes=[Route("/", echo, methods=["POST"])],
+                    middleware=[Middleware(BodyLimitMiddleware, max_body=1000, body_timeout=0.3)])
+    sent = _run_asgi(app, [(b"x" * 10, 0.0)], [(b"content-length", b"500")])
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"] and seen == []
+
+
+def test_trickling_body_is_cut_off_at_the_total_deadline() -> None:
+    seen.clear()
+    app = Starlette(routes=[Route("/", echo, methods=["POST"])],
+                    middleware=[Middleware(BodyLimitMiddleware, max_body=1000, body_timeout=0.3)])
+    started = time.monotonic()
+    sent = _run_asgi(app, [(b"x", 0.05)] * 100, [])
+    assert sent[0]["status"] == 408 and time.monotonic() - started < 1.0 and seen == []
