@@ -15,10 +15,15 @@ before its notice entry was committed: that one message is sent again by the nex
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
+
+import apsw
 
 from . import subscribers, tokens
 from .ledger import Ledger
@@ -158,11 +163,16 @@ def run(
     for h in histories:
         for date in h.skipped:
             echo(f"warning: {h.id} change of {date} names no version the manifest lists; nobody is told about it.")
-    result = NotifyResult(planned=find_planned(ledger, histories))
     if dry_run:
+        result = NotifyResult(planned=find_planned(ledger, histories))
         for p in result.planned:
             echo(f"would notify {p.person.email}: {p.notice.policy_id} change of {p.notice.date}")
         return result
+    with run_lock(ledger.connection):
+        return _send(ledger, settings, NotifyResult(planned=find_planned(ledger, histories)), echo)
+
+
+def _send(ledger: Ledger, settings: Settings, result: NotifyResult, echo: Callable[[str], None]) -> NotifyResult:
     if not result.planned:
         return result
     key = tokens.signing_key(ledger.connection, settings.secret)
@@ -180,6 +190,49 @@ def run(
             result.sent.append(p.person.email)
             echo(f"sent {p.person.email}: {p.notice.policy_id} change of {p.notice.date}")
     return result
+
+
+@contextmanager
+def run_lock(connection: Any) -> Iterator[None]:
+    """One notify run at a time per ledger: two runs planning from one snapshot would both send.
+
+    The lock is a row in the ledger's `meta` table naming the process; a run killed without
+    releasing it is detected (its process is gone) and the lock is taken over.
+    """
+    mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = connection.execute("SELECT value FROM meta WHERE name = 'notify_run'").fetchone()
+        if row is not None and _alive(json.loads(row[0])):
+            other = json.loads(row[0])
+            raise NotifyError(
+                f"Another notify run (process {other['pid']} on {other['host']}) is in progress; "
+                "wait for it to finish, then run notify again."
+            )
+        connection.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('notify_run', ?)", (mine,))
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    try:
+        yield
+    finally:
+        # If this fails (ledger gone read-only), the next run sees our process is gone and takes over.
+        with suppress(apsw.Error):
+            connection.execute("DELETE FROM meta WHERE name = 'notify_run' AND value = ?", (mine,))
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return time.time() - float(holder.get("at", 0)) < 6 * 3600  # cannot look; trust it for a while
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Connections:

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.controller import Controller
+
+
+def body(msg: EmailMessage, subtype: str = "plain") -> str:
+    """The text of the plain (or html) part of a received message."""
+    part = msg.get_body((subtype,))
+    assert part is not None, f"the message has no text/{subtype} part"
+    return str(part.get_content())
 
 
 def free_port() -> int:
@@ -44,7 +51,7 @@ class _Collector:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = cast(EmailMessage, message_from_bytes(envelope.content, policy=email_policy.default))
+        msg = message_from_bytes(envelope.content, policy=email_policy.default)
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), msg))
         # Hold the reply to this message: the sender has handed it over but not heard back,
         # which is the moment a crash leaves one message "sent but not recorded".

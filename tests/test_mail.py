@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from mailserver import MailServer, free_port
+from mailserver import MailServer, body, free_port
 
 from form_handler.mail import (
     ChangeNotice,
@@ -47,7 +47,7 @@ def notice_to(to: str, notice: ChangeNotice = NOTICE, settings: Settings | None 
 
 def test_notice_message_carries_the_change_and_every_link() -> None:
     msg = notice_to("ann@example.com")
-    text = msg.get_body(("plain",)).get_content()
+    text = body(msg)
     assert "Privacy Policy" in msg["Subject"] and "2026-12-20" in msg["Subject"]
     assert "Changed on: 2026-11-20" in text and "Takes effect: 2026-12-20" in text
     assert "two</b> years" in text
@@ -65,7 +65,7 @@ def test_notice_message_has_one_click_unsubscribe_headers() -> None:
 
 
 def test_notice_html_part_escapes_the_summary() -> None:
-    html_part = notice_to("ann@example.com").get_body(("html",)).get_content()
+    html_part = body(notice_to("ann@example.com"), "html")
     assert "&lt;b&gt;two&lt;/b&gt;" in html_part and "<b>two</b>" not in html_part
     assert 'href="https://example.org/api/unsubscribe?token=U"' in html_part
 
@@ -91,8 +91,8 @@ def test_confirmation_message_links_to_the_confirm_url() -> None:
         settings_for(25), to="ann@example.com", title="Privacy\nPolicy", confirm_url="https://x/api/confirm?token=C"
     )
     assert msg["Subject"] == "Please confirm: e-mails when our Privacy Policy changes"
-    assert "https://x/api/confirm?token=C" in msg.get_body(("plain",)).get_content()
-    assert "token=C" in msg.get_body(("html",)).get_content()
+    assert "https://x/api/confirm?token=C" in body(msg)
+    assert "token=C" in body(msg, "html")
 
 
 def test_smtp_session_delivers_to_exactly_one_recipient(smtp: MailServer) -> None:
@@ -109,3 +109,14 @@ def test_smtp_session_names_the_setting_when_the_server_is_down() -> None:
     with pytest.raises(MailError, match="POLICY_SITE_SMTP_HOST"):
         with smtp_session(settings_for(free_port()), timeout=2):
             pass
+
+
+def test_summary_with_crlf_stays_in_the_body(smtp: MailServer) -> None:
+    evil = ChangeNotice(**{**NOTICE.__dict__, "summary": "Fine.\r\nBcc: victim@evil.test\r\n\r\nX-Evil: 1"})
+    with smtp_session(settings_for(smtp.port)) as session:
+        session.send(notice_to("ann@example.com", evil))
+    smtp.wait_for(1)
+    (got,) = smtp.received
+    assert got.rcpt_tos == ["ann@example.com"]
+    assert got.message.get("Bcc") is None and got.message.get("X-Evil") is None
+    assert "Bcc: victim@evil.test" in body(got.message)

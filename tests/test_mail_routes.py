@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import timedelta
+from email.message import EmailMessage
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from mailserver import MailServer, free_port
+from mailserver import MailServer, body, free_port
 from starlette.testclient import TestClient
 
 from form_handler import notify, outbox, tokens
@@ -52,10 +53,10 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
-def kinds(settings: Settings) -> list[tuple[str, object]]:
+def kinds(settings: Settings) -> list[tuple[str, int | None]]:
     with Ledger(settings.ledger_path, readonly=True) as led:
         rows = led.connection.execute("SELECT kind, consent_updates FROM entries ORDER BY seq").fetchall()
-    return [(k, u) for k, u in rows]
+    return [(str(k), None if u is None else int(u)) for k, u in rows]
 
 
 def subscribe(client: TestClient, email: str = "ann@example.com") -> str:
@@ -64,9 +65,10 @@ def subscribe(client: TestClient, email: str = "ann@example.com") -> str:
     return str(r.json()["receipt_id"])
 
 
-def link(purpose: tokens.Purpose, receipt_id: str, version: str = V2, **kw: float) -> str:
+def link(purpose: tokens.Purpose, receipt_id: str, version: str = V2, lifetime: int | None = None) -> str:
     path = {"withdraw": "withdraw-consent"}.get(purpose, purpose)
-    return f"/api/{path}?token={tokens.sign(KEY, purpose, receipt_id, 'privacy', version, now=time.time(), **kw)}"
+    token = tokens.sign(KEY, purpose, receipt_id, "privacy", version, now=time.time(), lifetime=lifetime)
+    return f"/api/{path}?token={token}"
 
 
 def path_of(url: str) -> str:
@@ -74,8 +76,8 @@ def path_of(url: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
-def link_in(msg: object, path: str) -> str:
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[attr-defined]
+def link_in(msg: EmailMessage, path: str) -> str:
+    text = body(msg)
     return next(w for w in text.split() if f"{path}?token=" in w)
 
 
@@ -111,7 +113,7 @@ def test_reconsent_link_records_the_new_version_once(client: TestClient, setting
     assert r.status_code == 200 and "agreement is recorded" in r.text
     assert client.post(link("reconsent", receipt_id)).status_code == 410
     with Ledger(settings.ledger_path, readonly=True) as led:
-        assert led.connection.execute("SELECT policy_version FROM receipts").fetchone()[0] == V2
+        assert led.connection.execute("SELECT policy_version FROM receipts").fetchall()[0][0] == V2
 
 
 def test_withdraw_link_withdraws_every_receipt_of_the_address(client: TestClient, settings: Settings) -> None:
@@ -161,11 +163,11 @@ def test_confirmation_waits_in_the_outbox_while_the_mail_server_is_down(tmp_path
         with Ledger(settings.ledger_path) as led:
             # The background sender tries at once, fails, and schedules the retry 30 s later.
             while time.monotonic() < deadline:
-                attempts, error = led.connection.execute("SELECT attempts, last_error FROM outbox").fetchone()
+                attempts, error = led.connection.execute("SELECT attempts, last_error FROM outbox").fetchall()[0]
                 if attempts:
                     break
                 time.sleep(0.05)
-    assert attempts == 1 and "POLICY_SITE_SMTP_HOST" in error
+    assert attempts == 1 and "POLICY_SITE_SMTP_HOST" in str(error)
     with MailServer(settings.smtp_port) as smtp, Ledger(settings.ledger_path) as led:
         assert outbox.send_due(led.connection, settings).sent == 0  # not due yet: the back-off holds
         result = outbox.send_due(led.connection, settings, now=outbox.utcnow() + timedelta(seconds=31))

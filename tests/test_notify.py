@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mailserver import MailServer, free_port
+from mailserver import MailServer, body, free_port
 
 from form_handler import notify, subscribers, tokens
 from form_handler.ledger import ConsentDraft, Ledger
@@ -62,7 +62,8 @@ def run(led: Ledger, smtp: MailServer, manifest: str, **kw: bool) -> notify.Noti
 
 
 def notice_count(led: Ledger) -> int:
-    return int(led.connection.execute("SELECT count(*) FROM entries WHERE kind = 'notice'").fetchone()[0])
+    count: int = led.connection.execute("SELECT count(*) FROM entries WHERE kind = 'notice'").fetchall()[0][0]  # type: ignore[assignment]
+    return count
 
 
 def test_notify_writes_only_to_confirmed_subscribers_on_an_older_version(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_notify_matches_a_change_without_version_by_effective_date(led: Ledger, 
     consent(led, "ann@example.com")
     change = {k: v for k, v in CHANGE_2.items() if k != "version"}
     assert run(led, smtp, write_manifest(tmp_path / "m.json", [change])).sent == ["ann@example.com"]
-    assert led.connection.execute("SELECT policy_version FROM entries WHERE kind = 'notice'").fetchone()[0] == V2
+    assert led.connection.execute("SELECT policy_version FROM entries WHERE kind = 'notice'").fetchall()[0][0] == V2
 
 
 def test_notify_covers_two_pending_changes_in_one_message(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_notify_covers_two_pending_changes_in_one_message(led: Ledger, smtp: Mai
     change_3 = {"date": "2027-02-01", "effective": "2027-03-01", "summary": "New processor.", "material": True, "version": V3}
     run(led, smtp, write_manifest(tmp_path / "m.json", [change_3, CHANGE_2], (V1, V2, V3)))
     (msg,) = smtp.messages
-    text = msg.get_body(("plain",)).get_content()
+    text = body(msg)
     assert "2027-03-01" in msg["Subject"] and "New processor." in text and "Feedback is kept two years." in text
     assert notice_count(led) == 2
 
@@ -186,3 +187,11 @@ def test_notify_command_dry_run_prints_addresses_and_exits_zero(led: Ledger, tmp
     assert result.exit_code == 0, result.output
     assert "would notify ann@example.com: privacy change of 2026-11-20" in result.output
     assert "1 would be notified" in result.output and notice_count(led) == 0
+
+
+def test_notify_refuses_to_run_beside_another_run(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+    consent(led, "ann@example.com")
+    with notify.run_lock(led.connection):
+        with pytest.raises(notify.NotifyError, match="Another notify run"):
+            run(led, smtp, write_manifest(tmp_path / "m.json"))
+    assert smtp.messages == [] and len(run(led, smtp, write_manifest(tmp_path / "m.json")).sent) == 1
