@@ -17,7 +17,7 @@ KINDS = ("consent", "withdrawal", "erasure", "confirmation", "notice", "reconsen
 # Keys every chained entry has; callers of LedgerTxn.append may not set them.
 RESERVED = frozenset({"v", "seq", "kind", "receipt_id", "recorded_at"})
 # Chained fields mirrored into queryable columns (verify checks the two agree).
-TEXT_COLUMNS = ("policy_id", "policy_version", "page")
+TEXT_COLUMNS = ("policy_id", "policy_version", "page", "commitment")
 FLAG_COLUMNS = ("consent_contact", "consent_updates", "consent_third_parties")
 
 
@@ -25,9 +25,15 @@ class ChainError(ValueError):
     """A checkpoint or entry could not be read."""
 
 
+# Built once: json.dumps with keyword arguments builds a new encoder on every call.
+# Same output as json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False); NaN refused.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def canonical(entry: Mapping[str, Any]) -> bytes:
     """The bytes we hash and store verbatim: sorted keys, no spaces, UTF-8."""
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL(entry).encode()
 
 
 def entry_hash(prev_hash: str, canonical_bytes: bytes) -> str:
@@ -36,8 +42,7 @@ def entry_hash(prev_hash: str, canonical_bytes: bytes) -> str:
 
 def commitment(salt: bytes, email: str | None, message: str) -> str:
     """Salted sha256 of the personal data; useless for guessing once the salt is erased."""
-    personal = json.dumps([email, message], separators=(",", ":"), ensure_ascii=False).encode()
-    return hashlib.sha256(salt + personal).hexdigest()
+    return hashlib.sha256(salt + _COMPACT([email, message]).encode()).hexdigest()
 
 
 def utc_now() -> str:

@@ -35,6 +35,7 @@ __all__ = [
 SQLITE_MINIMUM = (3, 51, 3)
 # >= 5 s so several uvicorn workers queue for the write lock instead of failing.
 BUSY_TIMEOUT_MS = 10_000
+SCHEMA_VERSION = 2
 # Tables other modules keep personal data in, keyed by receipt_id; erase() clears them too.
 ERASABLE_TABLES: list[str] = ["outbox"]
 
@@ -131,6 +132,7 @@ CREATE TABLE IF NOT EXISTS entries (
     policy_id TEXT,
     policy_version TEXT,
     page TEXT,
+    commitment TEXT,
     consent_contact INTEGER,
     consent_updates INTEGER,
     consent_third_parties INTEGER
@@ -161,7 +163,7 @@ SELECT c.seq, c.receipt_id, c.recorded_at, c.policy_id, c.page,
        p.email
 FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
 WHERE c.kind = 'consent';
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 """
 
 
@@ -258,8 +260,8 @@ class LedgerTxn:
         ]
         self.connection.execute(
             "INSERT INTO entries (seq, prev_hash, hash, canonical, kind, receipt_id, recorded_at, policy_id,"
-            " policy_version, page, consent_contact, consent_updates, consent_third_parties)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " policy_version, page, commitment, consent_contact, consent_updates, consent_third_parties)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (seq, prev, digest, data, kind, receipt_id, recorded_at, *cols),
         )
         return Entry(seq, digest, prev, kind, receipt_id, recorded_at, dict(fields))
@@ -369,10 +371,18 @@ class Ledger:
             configure(conn)
             # Only a new file needs the schema; an existing one stays readable when it is read-only.
             version: Any = conn.execute("PRAGMA user_version").fetchall()[0][0]
-            if not self.readonly and version < 1:
+            if 0 < version < SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{self.path}: ledger schema {version} is from a development build before schema "
+                    f"{SCHEMA_VERSION}; move the file away to start a new ledger."
+                )
+            if not self.readonly and version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(SCHEMA)
                 conn.execute("COMMIT")
+        except LedgerError:
+            conn.close(True)
+            raise
         except UNAVAILABLE_ERRORS as e:
             conn.close(True)
             raise LedgerUnavailable(f"{self.path}: cannot write the ledger ({e}).") from e

@@ -67,15 +67,18 @@ def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
 
 def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
     """The first consent whose stored email/message no longer match the salted commitment."""
+    # The commitment column is checked against the chained bytes by first_column_mismatch.
     rows = conn.execute(
-        "SELECT e.seq, CASE WHEN json_valid(CAST(e.canonical AS TEXT))"
-        " THEN json_extract(CAST(e.canonical AS TEXT), '$.commitment') END, p.salt, p.email, p.message"
-        " FROM personal p JOIN entries e ON e.receipt_id = p.receipt_id AND e.kind = 'consent' ORDER BY e.seq"
+        "SELECT e.seq, e.commitment, p.salt, p.email, p.message"
+        " FROM personal p JOIN entries e ON e.receipt_id = p.receipt_id AND e.kind = 'consent'"
     )
+    first: int | None = None
     for seq, expected, salt, email, message in rows:
         if not hmac.compare_digest(str(expected), commitment(bytes(salt), email, message)):
-            return seq, f"entry #{seq}: email or message do not match the entry's commitment"
-    return None
+            first = seq if first is None else min(first, seq)
+    if first is None:
+        return None
+    return first, f"entry #{first}: email or message do not match the entry's commitment"
 
 
 def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:

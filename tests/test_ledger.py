@@ -229,3 +229,12 @@ def test_two_processes_appending_at_once_keep_the_chain_intact(tmp_path: Path) -
 def led_export(path: Path) -> list[dict[str, object]]:
     with Ledger(path, readonly=True) as led:
         return list(led.export())
+
+
+def test_ledger_from_an_older_schema_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with pytest.raises(LedgerError, match="move the file away"):
+        Ledger(path)

@@ -20,7 +20,7 @@ from ledger_helpers import draft
 from form_handler.chain import GENESIS, Checkpoint, canonical, entry_hash
 from form_handler.ledger import Ledger
 
-COLUMNS = ("prev_hash", "hash", "kind", "receipt_id", "recorded_at", "policy_id", "policy_version", "page",
+COLUMNS = ("prev_hash", "hash", "kind", "receipt_id", "recorded_at", "policy_id", "policy_version", "page", "commitment",
            "consent_contact", "consent_updates", "consent_third_parties")
 CONSENT_SEQ = 500
 
@@ -163,7 +163,7 @@ def test_duplicated_entry_is_caught_in_place_and_at_the_end(ledger: Ledger) -> N
     conn.execute("DELETE FROM entries WHERE rowid = (SELECT max(rowid) FROM entries)")
     assert ledger.verify().ok
     conn.execute("INSERT INTO entries SELECT 1001, prev_hash, hash, canonical, kind, receipt_id, recorded_at,"
-                 " policy_id, policy_version, page, consent_contact, consent_updates, consent_third_parties"
+                 " policy_id, policy_version, page, commitment, consent_contact, consent_updates, consent_third_parties"
                  " FROM entries WHERE seq = ?", (CONSENT_SEQ,))
     assert_caught_at(ledger, 1001)
 
