@@ -238,3 +238,17 @@ def test_ledger_from_an_older_schema_is_refused_clearly(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(LedgerError, match="move the file away"):
         Ledger(path)
+
+
+def test_every_connection_reads_back_wal_full_and_busy_timeout(ledger: Ledger) -> None:
+    from form_handler.ledger import read_pragmas
+
+    ledger.append_consent(draft())
+    with Ledger(ledger.path, readonly=True) as reader:
+        exporter = reader._open_reader()  # the connection export() streams from
+        try:
+            for pragmas in (ledger.pragmas(), reader.pragmas(), read_pragmas(exporter)):
+                assert pragmas["journal_mode"] == "wal" and pragmas["synchronous"] == "FULL"
+                assert pragmas["busy_timeout"] >= 5000
+        finally:
+            exporter.close()
