@@ -85,8 +85,9 @@ class VerifyReport:
     against: Checkpoint | None = None
 
     def summary(self) -> str:
+        entries = f"{self.count}" if self.ok else f"{self.count} good before entry #{self.first_bad_seq}"
         lines = [
-            f"entries: {self.count}",
+            f"entries: {entries}",
             f"head: {self.head}",
             f"sqlite: {self.sqlite_version}",
         ]
