@@ -347,9 +347,9 @@ class Ledger:
             self._connect()
         except LedgerUnavailable:
             # A service must start even while its disk is full or read-only: it answers 503 and
-            # the next transaction tries again.
-            if readonly:
-                raise
+            # the next transaction or read tries again. Its reader too: on a read-only volume a WAL
+            # file cannot even be opened for reading (no -shm), and the service must not exit for that.
+            pass
 
     @property
     def connection(self) -> apsw.Connection:
