@@ -1,0 +1,145 @@
+"""End to end in headless Chromium against the real `policy-site serve`, the week after a policy changed.
+
+One server and one browser for the module. Every visit records its requests and must stay on 127.0.0.1 and
+leave no cookie (browser_support.visit). The checks themselves are proven able to fail in
+tests/test_browser_support.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_support import (
+    ARTIFACTS, FIELDS, ShownReceipt, axe_violations, read_receipt, wait_for_receipt, banner_problems, error_problems, format_violations,
+    browser, server, site_paths, submit_feedback, visit, withdraw_shown,
+)
+
+from scripts.demo_site import ACTIVE_CHANGE, ADDED_WORD, REMOVED_WORD, Server, ledger_export, manifest
+
+pytestmark = pytest.mark.browser
+
+
+def _policy(site_dir: Path) -> dict[str, Any]:
+    return next(p for p in manifest(site_dir)["policies"] if p["id"] == "privacy")  # type: ignore[index,union-attr]
+
+
+def _assert_export_matches(server: Server, shown: ShownReceipt, ticked: tuple[str, ...]) -> None:
+    """The ledger's export holds exactly what the receipt showed, and the withdrawal that followed."""
+    entries = [e for e in ledger_export(server.ledger) if e["receipt_id"] == shown.receipt_id]
+    assert [e["kind"] for e in entries] == ["consent", "withdrawal"], f"entries for {shown.receipt_id}: {entries}"
+    consent = entries[0]
+    assert shown.policy_version == consent["policy_version"] == _policy(server.site_dir)["version"]
+    assert shown.recorded_at == consent["recorded_at"]
+    assert shown.consents == {name: consent[name] for name in FIELDS[2:]}
+    assert shown.consents == {name: name in ticked for name in FIELDS[2:]}, "the receipt differs from the form"
+    assert consent["withdrawn"] is True
+
+
+def test_banner_visible_on_every_page_including_404(server: Server, browser: Any) -> None:
+    paths = site_paths(server.site_dir)
+    assert {"", "privacy/", "feedback/", "404.html"} <= set(paths), paths
+    with visit(browser) as v:
+        page = v.context.new_page()
+        assert banner_problems(page, server.base_url, paths) == []
+        page.goto(server.base_url)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "home-with-banner.png"), full_page=True)
+
+
+def test_banner_link_leads_to_change_history(server: Server, browser: Any) -> None:
+    with visit(browser) as v:
+        page = v.context.new_page()
+        page.goto(server.base_url)
+        page.locator("[data-policy-banner] a", has_text="What changed").first.click()
+        assert page.url == server.base_url + "privacy/changes/"
+        main = page.locator("main")
+        assert ACTIVE_CHANGE[1] in main.inner_text()
+        assert REMOVED_WORD in main.locator("del").all_inner_texts()[0]
+        assert ADDED_WORD in main.locator("ins").all_inner_texts()[0]
+
+
+def test_feedback_without_javascript_receipt_withdraw_and_export(server: Server, browser: Any) -> None:
+    ticked = ("consent_contact", "consent_third_parties")
+    with visit(browser, javascript=False) as v:
+        page = v.context.new_page()
+        page.goto(server.base_url + "feedback/")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "feedback.png"), full_page=True)
+        shown = submit_feedback(page, server.base_url, message="No JavaScript here.", email="nojs@example.org",
+                                consents=ticked)
+        assert not shown.url.startswith(server.base_url + "feedback/"), "no receipt page was shown"
+        page.screenshot(path=str(ARTIFACTS / "receipt.png"), full_page=True)
+        withdraw_shown(page)
+    _assert_export_matches(server, shown, ticked)
+
+
+def test_feedback_with_javascript_inline_receipt_withdraw_and_export(server: Server, browser: Any) -> None:
+    ticked = ("consent_updates",)
+    with visit(browser) as v:
+        page = v.context.new_page()
+        shown = submit_feedback(page, server.base_url, message="Sent with fetch.", email="js@example.org",
+                                consents=ticked)
+        assert shown.url == server.base_url + "feedback/", "the receipt should be shown in place"
+        withdraw_shown(page)
+        assert page.url == server.base_url + "feedback/"
+    _assert_export_matches(server, shown, ticked)
+
+
+def _tab_to(page: Any, selector: str, limit: int = 80) -> None:
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("s => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector!r}")
+
+
+def test_keyboard_only_refusal_is_announced_then_submission_succeeds(server: Server, browser: Any) -> None:
+    submit = "[data-feedback-form] [type=submit]"
+    with visit(browser) as v:
+        page = v.context.new_page()
+        page.goto(server.base_url + "feedback/")
+        _tab_to(page, "[name=consent_updates]")  # ticked without an e-mail address, and no message: refused
+        page.keyboard.press("Space")
+        assert page.locator("[name=consent_updates]").is_checked()
+        _tab_to(page, submit)
+        page.keyboard.press("Enter")
+        page.locator("[data-feedback-form] [name=consent_updates][aria-invalid=true]").wait_for()
+        assert error_problems(page, ("message", "consent_updates")) == []
+        page.keyboard.press("Shift+Tab")  # from the error summary back into the page, then forward to the fields
+        _tab_to(page, "[name=message]")
+        page.keyboard.type("Sent with the keyboard alone.")
+        _tab_to(page, "[name=email]")
+        page.keyboard.type("keys@example.org")
+        _tab_to(page, submit)
+        page.keyboard.press("Space")
+        receipt = read_receipt(page, wait_for_receipt(page))
+        assert receipt.consents["consent_updates"] is True
+        assert page.evaluate("() => document.activeElement.id") == "feedback-receipt", "focus should move to it"
+
+
+@pytest.mark.parametrize("which", ["home", "policy", "changes", "past version", "feedback", "receipt"])
+def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> None:
+    policy = _policy(server.site_dir)
+    past = [v["url"] for v in policy["versions"] if not v["current"]]
+    urls = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "feedback": "feedback/"}
+    if which == "past version":
+        assert past, f"the manifest lists no past version: {policy['versions']}"
+        urls[which] = past[0]
+    receipt_html = ""
+    if which == "receipt":  # the page a plain form post answers with, captured without JavaScript
+        with visit(browser, javascript=False) as v:
+            page = v.context.new_page()
+            submit_feedback(page, server.base_url, message="For the axe check.")
+            urls[which], receipt_html = page.url[len(server.base_url):], page.content()
+    url = server.base_url + urls[which]
+    # bypass_csp: axe is injected as an inline script; axe needs JavaScript, so the receipt is replayed as captured.
+    with visit(browser, bypass_csp=True) as v:
+        page = v.context.new_page()
+        if receipt_html:
+            page.route(url, lambda r: r.fulfill(body=receipt_html, content_type="text/html; charset=utf-8"))
+        page.goto(url)
+        violations = axe_violations(page)
+        assert not violations, format_violations(url, violations)
