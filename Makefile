@@ -42,7 +42,7 @@ test: install-test browser-deps
 	$(BIN)/python -m pytest
 
 audit: install browser-deps
-	$(BIN)/python -m bench.audit
+	$(BIN)/python -m scripts.audit
 
 clean:
 	rm -rf $(VENV) site var audit test-artifacts node_modules

@@ -169,6 +169,8 @@ def banner_problems(page: Any, base_url: str, paths: list[str]) -> list[str]:
             problems.append(f"/{path}: no [data-policy-banner]")
         elif not banner.first.is_visible():
             problems.append(f"/{path}: [data-policy-banner] is not visible")
+        elif (banner.first.bounding_box() or {"y": 1e9})["y"] > page.viewport_size["height"]:
+            problems.append(f"/{path}: the banner is below the first screen")
         elif ACTIVE_CHANGE[1] not in banner.first.inner_text():
             problems.append(f"/{path}: the banner does not name the active change {ACTIVE_CHANGE[1]!r}")
     return problems
