@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # The console scripts of the interpreter running us (the project's .venv under `make`).
@@ -108,7 +109,7 @@ def build_site(repo: Path, site_dir: Path, base_url: str) -> Path:
     return site_dir
 
 
-def manifest(site_dir: Path) -> dict[str, object]:
+def manifest(site_dir: Path) -> dict[str, Any]:
     """The built site's policy-versions.json."""
     return json.loads((site_dir / "policy-versions.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.browser
 
 
 def _policy(site_dir: Path) -> dict[str, Any]:
-    return next(p for p in manifest(site_dir)["policies"] if p["id"] == "privacy")  # type: ignore[index,union-attr]
+    return next(p for p in manifest(site_dir)["policies"] if p["id"] == "privacy")
 
 
 def _assert_export_matches(server: Server, shown: ShownReceipt, ticked: tuple[str, ...]) -> None:
