@@ -144,6 +144,7 @@ def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> No
         page = v.context.new_page()
         if receipt_html:
             page.route(url, lambda r: r.fulfill(body=receipt_html, content_type="text/html; charset=utf-8"))
-        page.goto(url)
+        response = page.goto(url)
+        assert response is not None and response.status == 200, f"{url}: HTTP {response and response.status}"
         violations = axe_violations(page)
         assert not violations, format_violations(url, violations)
