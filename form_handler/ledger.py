@@ -160,7 +160,9 @@ SELECT c.seq, c.receipt_id, c.recorded_at, c.policy_id, c.page,
        EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = c.receipt_id AND w.kind = 'withdrawal'
                AND w.consent_updates IS NULL) AS withdrawn,
        EXISTS (SELECT 1 FROM entries x WHERE x.receipt_id = c.receipt_id AND x.kind = 'erasure') AS erased,
-       p.email
+       p.email,
+       EXISTS (SELECT 1 FROM entries u WHERE u.receipt_id = c.receipt_id AND u.kind = 'withdrawal'
+               AND u.consent_updates IS NOT NULL) AS updates_stopped
 FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
 WHERE c.kind = 'consent';
 PRAGMA user_version = 2;

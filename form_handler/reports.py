@@ -133,7 +133,9 @@ def stats(conn: apsw.Connection) -> dict[str, Any]:
         if n >= MIN_COUNT:
             per_version.setdefault(pid, {})[version] = n
     sums: Any = conn.execute(
-        f"SELECT count(*), sum(consent_contact), sum(consent_updates), sum(consent_third_parties) {standing}"
+        # Someone who stopped change e-mails (unsubscribe) no longer counts as wanting updates.
+        f"SELECT count(*), sum(consent_contact), sum(consent_updates AND NOT updates_stopped),"
+        f" sum(consent_third_parties) {standing}"
     ).fetchall()[0]
     totals: Any = conn.execute("SELECT count(*), sum(withdrawn), sum(erased) FROM receipts").fetchall()[0]
     return {

@@ -154,6 +154,15 @@ def test_stats_hide_counts_below_five(ledger: Ledger) -> None:
     assert stats["per_policy_version"] == {"privacy": {"a" * 64: 6}}
 
 
+def test_stats_stop_counting_updates_after_an_unsubscribe(ledger: Ledger) -> None:
+    receipts = [ledger.append_consent(draft(updates=True)) for _ in range(6)]
+    assert ledger.stats()["per_consent"]["updates"] == 6
+    with ledger.transaction() as txn:  # what the e-mail unsubscribe link records
+        txn.append("withdrawal", receipts[0].receipt_id, consent_updates=False)
+    stats = ledger.stats()
+    assert stats["per_consent"]["updates"] == 5 and stats["standing"] == 6
+
+
 def test_third_party_export_only_standing_consents_deduped(ledger: Ledger) -> None:
     ledger.append_consent(draft(email="Ada@Example.org", third=True))
     ledger.append_consent(draft(email="ada@example.org", third=True))
