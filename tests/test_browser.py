@@ -124,11 +124,13 @@ def test_keyboard_only_refusal_is_announced_then_submission_succeeds(server: Ser
         assert page.evaluate("() => document.activeElement.id") == "feedback-receipt", "focus should move to it"
 
 
-@pytest.mark.parametrize("which", ["home", "policy", "changes", "past version", "feedback", "receipt"])
+@pytest.mark.parametrize("which", ["home", "policy", "changes", "past version", "feedback", "receipt",
+                                   "inline receipt"])
 def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> None:
     policy = _policy(server.site_dir)
     past = [v["url"] for v in policy["versions"] if not v["current"]]
-    urls = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "feedback": "feedback/"}
+    urls = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "feedback": "feedback/",
+            "inline receipt": "feedback/"}
     if which == "past version":
         assert past, f"the manifest lists no past version: {policy['versions']}"
         urls[which] = past[0]
@@ -144,7 +146,10 @@ def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> No
         page = v.context.new_page()
         if receipt_html:
             page.route(url, lambda r: r.fulfill(body=receipt_html, content_type="text/html; charset=utf-8"))
-        response = page.goto(url)
-        assert response is not None and response.status == 200, f"{url}: HTTP {response and response.status}"
+        if which == "inline receipt":
+            submit_feedback(page, server.base_url, message="For the axe check, sent with fetch.")
+        else:
+            response = page.goto(url)
+            assert response is not None and response.status == 200, f"{url}: HTTP {response and response.status}"
         violations = axe_violations(page)
         assert not violations, format_violations(url, violations)
