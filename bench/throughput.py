@@ -108,7 +108,8 @@ def wrk(port: int, connections: int, duration: int, tag: str) -> dict[str, int]:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(LUA),
            f"http://127.0.0.1:{port}/api/feedback", "--", VERSION, tag]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result: dict[str, int] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def measure(app: str, workers: int, connections: int, run: int, proc: subprocess.Popen[bytes], port: int,
@@ -141,8 +142,8 @@ def table(samples: list[Sample], connections: list[int], workers: list[int]) -> 
     for w in workers:
         for c in connections:
             def med(app: str, attr: str) -> float:
-                return statistics.median(getattr(s, attr) for s in samples
-                                         if s.app == app and s.workers == w and s.connections == c)
+                return float(statistics.median(getattr(s, attr) for s in samples
+                                               if s.app == app and s.workers == w and s.connections == c))
             bare, durable = med("bare", "per_second"), med("durable", "per_second")
             lines.append(f"| {w} | {c} | {bare:.0f} | {durable:.0f} | {durable / bare:.0%} | "
                          f"{med('durable', 'p50_ms'):.1f} ms | {med('durable', 'p99_ms'):.1f} ms | "

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -200,8 +201,8 @@ class Stored:
     """What the ledger file holds, read straight from SQLite after the server has stopped."""
 
     entries: int
-    messages: Counter[str]
-    receipts: dict[str, str]  # receipt_id -> message
+    messages: Counter[str | None]  # None: a consent entry without its personal row
+    receipts: dict[str, str | None]  # receipt_id -> message
     integrity: str
 
 
@@ -210,9 +211,9 @@ def read_ledger(path: Path) -> Stored:
 
     with Ledger(path) as ledger:
         conn = ledger.connection
-        integrity = conn.execute("PRAGMA integrity_check").fetchall()[0][0]
-        entries = conn.execute("SELECT count(*) FROM entries").fetchall()[0][0]
-        rows = conn.execute(
+        integrity = str(conn.execute("PRAGMA integrity_check").fetchall()[0][0])
+        entries = int(conn.execute("SELECT count(*) FROM entries").fetchall()[0][0])  # type: ignore[arg-type]
+        rows: list[tuple[Any, ...]] = conn.execute(
             "SELECT e.receipt_id, p.message FROM entries e LEFT JOIN personal p ON p.receipt_id = e.receipt_id"
             " WHERE e.kind = 'consent'"
         ).fetchall()
@@ -222,5 +223,5 @@ def read_ledger(path: Path) -> Stored:
 def losses(outcome: Outcome, stored: Stored) -> tuple[list[str], list[str]]:
     """Acknowledged submissions missing from the ledger (or under another receipt), and messages stored twice."""
     lost = [m for m, rid in outcome.acked.items() if stored.receipts.get(rid) != m]
-    duplicates = [m for m, n in stored.messages.items() if n > 1]
+    duplicates = [m for m, n in stored.messages.items() if m is not None and n > 1]
     return lost, duplicates

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,7 +30,7 @@ def unique_messages(prefix: str, n: int) -> list[str]:
     return [f"{prefix} {run} #{i}" for i in range(n)]
 
 
-def assert_intact(ledger: Path, outcome: Outcome, refused: list[str] = ()) -> dict[str, int]:  # type: ignore[assignment]
+def assert_intact(ledger: Path, outcome: Outcome, refused: Sequence[str] = ()) -> dict[str, int]:
     """verify passes, nothing half-written, every 2xx stored once, nothing refused stored."""
     result = verify(ledger)
     assert result.returncode == 0, result.stdout + result.stderr

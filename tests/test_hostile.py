@@ -178,5 +178,5 @@ def test_trickling_clients_are_cut_off_while_others_are_served(server: Server) -
                        "cut_off_after_s": round(max(r.seconds for r in replies), 1),
                        "served_meanwhile": len(served), "served_slowest_s": round(max(served), 3)})
     assert all(r.status in (408, None) for r in replies), replies
-    assert served and max(served) < 1.0, served
+    assert served and max(served) < 2.0, served
     assert head(server) == before + len(served)
