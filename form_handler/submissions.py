@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,11 @@ CONSENTS = ("consent_contact", "consent_updates", "consent_third_parties")
 FIELDS = frozenset({"message", "email", "policy_id", "policy_version", "page", "website", *CONSENTS})
 # Consents that only make sense with an address to write to.
 NEEDS_EMAIL = {"consent_contact": "contact you", "consent_updates": "e-mail you about policy changes"}
+
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F (tests/test_submissions.py checks this
+# against unicodedata); one regex search is ~50x faster than asking unicodedata about every character.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_MULTILINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # tab, LF and CR allowed
 
 _MISSING = object()
 _TRUE = frozenset({"on", "true", "1", "yes"})
@@ -65,8 +69,7 @@ def _text(name: str, raw: Any, errors: dict[str, str], *, multiline: bool = Fals
     except UnicodeEncodeError:  # lone surrogates from a JSON "\ud800" escape
         errors[name] = f"{name} contains characters that are not valid Unicode; remove them."
         return None
-    allowed = "\t\n\r" if multiline else ""
-    if any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in raw):
+    if (_CONTROL_MULTILINE if multiline else _CONTROL).search(raw):
         what = "a NUL byte" if "\x00" in raw else "control characters"
         errors[name] = f"{name} contains {what}; remove them."
         return None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
 
 from form_handler.submissions import (
     MESSAGE_MAX,
+    _CONTROL,
+    _CONTROL_MULTILINE,
     ValidationFailed,
     decode_json,
     decode_urlencoded,
@@ -97,6 +101,16 @@ def test_nul_byte_and_invalid_utf8_name_the_field() -> None:
     assert "NUL" in _errors(_form(message="a\x00b"))["message"]
     assert "UTF-8" in _errors(_form(message=b"caf\xe9"))["message"]
     assert "Unicode" in _errors(_form(message="\ud800"), is_json=True)["message"]
+
+
+def test_control_character_check_is_exactly_unicode_category_cc() -> None:
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    cc = {ch for ch in every if unicodedata.category(ch) == "Cc"}
+    assert set(_CONTROL.findall(every)) == cc
+    assert set(_CONTROL_MULTILINE.findall(every)) == cc - set("\t\n\r")
+    assert "control characters" in _errors(_form(message="a\x85b"))["message"]
+    draft = parse_submission(_form(message="tab\tand\r\nlines \u2028 \xa0"), is_json=False)
+    assert not isinstance(draft, ValidationFailed) and draft.message.startswith("tab")
 
 
 def test_unknown_fields_refused_in_json_but_ignored_in_forms() -> None:
