@@ -27,6 +27,7 @@ class FeedPolicy:
     title: str
     url: str
     changes: Sequence[ChangeRecord]  # any order
+    history: bool = True  # False: no change history pages were built, so entries link to the policy page
 
 
 def change_anchor(record: ChangeRecord, same_day_index: int = 0) -> str:
@@ -98,7 +99,10 @@ def build_feed(policies: Sequence[FeedPolicy], *, site_url: str, site_name: str,
         _add(entry, "title", f"{policy.title}: {record.summary}")
         _add(entry, "updated", _stamp(record.date))
         _add(entry, "published", _stamp(record.date))
-        href = urljoin(base, f"{policy.url}changes/") + "#" + change_anchor(record, index)
+        if policy.history:
+            href = urljoin(base, f"{policy.url}changes/") + "#" + change_anchor(record, index)
+        else:
+            href = urljoin(base, policy.url)
         _add(entry, "link", rel="alternate", type="text/html", href=href)
         effective = (
             f"Takes effect on {record.effective.isoformat()}."

@@ -69,6 +69,11 @@ def _locate(spawn: Spawn, root: Path) -> Path:
     return Path(toplevel).resolve()
 
 
+def locate_repository(root: Path, *, spawn: Spawn = subprocess.Popen) -> Path:
+    """The top level of the git repository holding ``root``; raises HistoryUnavailable (no git, no repo, shallow)."""
+    return _locate(spawn, Path(root).resolve())
+
+
 def _parse_log(raw: bytes) -> list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]]:
     """Parse `git log -z --raw` into (commit, date, [(status, blob, path, old_path)]), newest first."""
     commits: list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]] = []

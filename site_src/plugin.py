@@ -1,17 +1,23 @@
 """The `policy` MkDocs plugin: a thin adapter from MkDocs events to the pure modules beside it.
 
 records.py validates change records, versions.py hashes policy text and writes the manifest, banner.py decides
-which changes every page announces. The theme overrides (overrides/) and assets (assets/) ship in this package,
-so a site enables the plugin and copies no templates.
+which changes every page announces, and the history worker (history_worker.py, in a second process) writes
+each policy's change history, its past versions and the feed while MkDocs renders the site. The theme
+overrides (overrides/) and assets (assets/) ship in this package, so a site enables the plugin and copies no
+templates.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import BasePlugin, get_plugin_logger
@@ -20,7 +26,13 @@ from mkdocs.structure.pages import Page
 
 from .banner import BuildDateError, PolicyChanges, active_changes, build_date, human_date
 from .config import PolicyConfig
+from .feed import FEED_NAME
+from .history import HistoryUnavailable, locate_repository
+from .history_job import Finish, Outcome, PolicySource, SiteInfo, changes_url
+from .history_pages import banner_bases, write_feed
+from .history_worker import HistoryWorker
 from .records import PolicyMeta, RecordError, check_unique_policy_ids, load_meta, parse_policy_meta
+from .redline import REDLINE_CSS
 from .versions import MANIFEST_NAME, Policy, VersionEntry, build_manifest, dump_manifest, split_front_matter
 from .versions import policy_version
 
@@ -32,6 +44,8 @@ ASSETS = {"assets/policy/policy.css": HERE / "assets" / "policy.css", "assets/po
 # Templates may include the theme's own version of a template they override, e.g. "theme/partials/search.html".
 THEME_PREFIX = "theme"
 FORM_TEMPLATE = "feedback.html"
+BANNER_TEMPLATE = "partials/policy-banner.html"
+HISTORY_CSS = "assets/policy/history.css"
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,7 @@ class _PolicyPage:
     path: str
     meta: PolicyMeta
     version: str
+    source: str
 
 
 class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
@@ -65,15 +80,39 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self.history_pages = False
         self.feed_url: str | None = None
         self.versions: dict[str, tuple[VersionEntry, ...]] = {}
+        self.change_versions: dict[str, tuple[str | None, ...]] = {}
+        self._worker: HistoryWorker | None = None
+        self._site: SiteInfo | None = None
+        self.outcome: Outcome | None = None  # what the history worker reported (timings for the bench)
+        self._today: dt.date | None = None
 
     def on_config(self, config: MkDocsConfig) -> MkDocsConfig:
-        """Put the shipped overrides after the site's own custom_dir and before the theme, and add our CSS."""
+        """Put the shipped overrides after the site's own custom_dir and before the theme, add our CSS, and start
+        reading the git history (or refuse a shallow clone) before MkDocs reads a single page."""
         if self.config.banner_days < 0:
             raise PluginError(f"policy: banner_days must be 0 or more, got {self.config.banner_days}.")
         dirs = config.theme.dirs
         dirs.insert(1 if config.theme.custom_dir else 0, str(OVERRIDES))
         config.extra_css.append("assets/policy/policy.css")
+        self.feed_url = FEED_NAME if config.site_url else None
+        if self.feed_url is None:
+            log.warning(f"mkdocs.yml: site_url is not set, so the change feed {FEED_NAME} cannot be built; set site_url to the site's address.")
+        self._start_history(Path(config.config_file_path or "mkdocs.yml").resolve().parent)
         return config
+
+    def _start_history(self, root: Path) -> None:
+        self._close_worker()
+        self.history_pages = False
+        try:
+            locate_repository(root)
+        except HistoryUnavailable as e:
+            if self.config.require_history:
+                raise PluginError(f"policy: {e}") from None
+            # info, not a warning: the site asked for this, so --strict must still pass.
+            log.info(f"Building without change history pages or past versions (require_history: false): {e}")
+            return
+        self._worker = HistoryWorker(root)
+        self.history_pages = True
 
     def on_pre_build(self, *, config: MkDocsConfig) -> None:
         """Forget the previous build's pages (mkdocs serve rebuilds with the same plugin instance)."""
@@ -81,9 +120,28 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self._form_pages = []
 
     def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
-        """Ship the plugin's CSS and JavaScript with the site."""
+        """Ship the plugin's CSS and JavaScript with the site, and tell the history worker about the site."""
         for uri, path in ASSETS.items():
             files.append(File.generated(config, uri, abs_src_path=str(path)))
+        if self._worker is None:
+            return files
+        files.append(File.generated(config, HISTORY_CSS, content=REDLINE_CSS + HERE.joinpath("assets", "history.css").read_text()))
+        pages = files.documentation_pages()
+        self._site = SiteInfo(
+            site_name=config.site_name,
+            site_url=config.site_url,
+            site_dir=config.site_dir,
+            lang=str(config.theme.get("language") or "en"),
+            direction=str(config.theme.get("direction") or "ltr"),
+            palette=_palette(config),
+            stylesheets=(*_theme_stylesheets(config), *config.extra_css, HISTORY_CSS),
+            copyright=config.copyright,
+            extensions=tuple(config.markdown_extensions),
+            extension_configs=dict(config.mdx_configs),
+            page_urls={f.src_uri: f.url for f in pages},
+            history_paths=tuple(f.abs_src_path for f in pages if f.abs_src_path is not None),
+        )
+        self._worker.send(self._site)
         return files
 
     def on_page_markdown(self, markdown: str, *, page: Page, config: MkDocsConfig, files: Files) -> str:
@@ -98,8 +156,18 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         if page.meta.get("template") == FORM_TEMPLATE:
             self._form_pages.append(path)
         if meta is not None:
-            self._pages.append(_PolicyPage(page, path, meta, policy_version(body)))
+            self._pages.append(_PolicyPage(page, path, meta, policy_version(body), page.file.content_string))
         return markdown
+
+    def on_page_content(self, html: str, *, page: Page, config: MkDocsConfig, files: Files) -> str:
+        """Hand a policy page to the history worker as soon as its title is known, so it works while MkDocs does."""
+        if self._worker is not None and self._pages and self._pages[-1].page is page and page.file.abs_src_path:
+            p = self._pages[-1]
+            self._worker.send(PolicySource(
+                p.meta.policy_id, _title(page), page.url, page.file.src_uri, page.file.abs_src_path, p.path, None,
+                p.meta.changes,
+            ))
+        return html
 
     def on_env(self, env: jinja2.Environment, *, config: MkDocsConfig, files: Files) -> jinja2.Environment:
         """Give every template (pages, 404.html, feedback.html) the banner and form data, once all pages are read."""
@@ -113,17 +181,73 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             [env.loader, jinja2.PrefixLoader({THEME_PREFIX: jinja2.FileSystemLoader(theme_dirs)})]  # type: ignore[list-item]
         )
         env.filters["policy_date"] = human_date
-        env.globals["policy_banner"] = active_changes(
-            (self._banner_source(p) for p in self._pages), today, self.config.banner_days
-        )
+        banner = active_changes((self._banner_source(p) for p in self._pages), today, self.config.banner_days)
+        env.globals["policy_banner"] = banner
         env.globals["policy_feed_url"] = self.feed_url
         env.globals["policy_form"] = self._feedback_form()
+
+        @lru_cache(maxsize=None)
+        def banner_html(base_url: str) -> Markup:
+            # The banner is the same on every page at one depth: render it once per base_url, not per page.
+            root = base_url.rstrip("/") + "/"
+            return Markup(env.get_template(BANNER_TEMPLATE).render(policy_banner=banner, policy_root=root)) if banner else Markup("")
+
+        env.globals["policy_banner_html"] = banner_html
+        if self._worker is not None:
+            bases = banner_bases([p.page.url for p in self._pages])
+            self._worker.send(Finish({b: str(banner_html(b)) for b in sorted(bases)}, self.feed_url, today))
+        self._today = today
         return env
 
     def on_post_build(self, *, config: MkDocsConfig) -> None:
-        """Write site/policy-versions.json for the feedback service."""
+        """Collect the change history from the worker, warn about unrecorded edits, write the manifest and the feed."""
+        if self._worker is not None:
+            try:
+                began = time.perf_counter()
+                outcome = self._worker.result()
+                log.debug(f"Waited {time.perf_counter() - began:.2f} s for the change history worker.")
+                self._collect(outcome)
+            finally:
+                self._close_worker()
+        elif self.feed_url is not None:
+            today = self._today or dt.datetime.now(dt.timezone.utc).date()
+            write_feed(_plain_site(config), [self._source(p) for p in self._pages], today, history=False)
         manifest = build_manifest(self.policies())
         Path(config.site_dir, MANIFEST_NAME).write_text(dump_manifest(manifest), encoding="utf-8")
+
+    def on_build_error(self, *, error: Exception) -> None:
+        """Stop the history worker when the build fails part-way."""
+        self._close_worker()
+
+    def _collect(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        if outcome.error is not None:
+            if outcome.history_unavailable and not self.config.require_history:
+                log.info(f"Built without change history pages or past versions (require_history: false): {outcome.error}")
+                return
+            raise PluginError(f"policy: {outcome.error}")
+        for result in outcome.policies:
+            self.versions[result.policy_id] = result.versions
+            self.change_versions[result.policy_id] = result.change_versions
+            if result.unrecorded_diff is not None:
+                # A warning, so that `mkdocs build --strict` fails: MkDocs counts warnings up to the end of on_post_build.
+                log.warning(
+                    f"{result.display_path}: the policy text differs from the version its latest change record introduced, "
+                    "and no new change record says why; add a record to changes (material: false for an editorial "
+                    f"fix). What differs:\n{result.unrecorded_diff}"
+                )
+        log.debug(f"Change history: {outcome.pages_written} pages; timings {dict(outcome.timings)}")
+
+    def _close_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    def _source(self, p: _PolicyPage) -> PolicySource:
+        return PolicySource(
+            p.meta.policy_id, _title(p.page), p.page.url, p.page.file.src_uri, p.page.file.abs_src_path or "", p.path,
+            p.source, p.meta.changes,
+        )
 
     def policies(self) -> list[Policy]:
         """Every policy page of this build, as the manifest describes it."""
@@ -135,13 +259,14 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
                 version=p.version,
                 changes=p.meta.changes,
                 versions=self.versions.get(p.meta.policy_id, ()),
+                change_versions=self.change_versions.get(p.meta.policy_id, ()),
             )
             for p in self._pages
         ]
 
     def _banner_source(self, p: _PolicyPage) -> PolicyChanges:
-        changes_url = f"{p.page.url}changes/" if self.history_pages else None
-        return PolicyChanges(p.meta.policy_id, _title(p.page), p.page.url, p.meta.changes, changes_url)
+        history = changes_url(p.page.url) if self.history_pages else None
+        return PolicyChanges(p.meta.policy_id, _title(p.page), p.page.url, p.meta.changes, history)
 
     def _feedback_form(self) -> FeedbackForm | None:
         wanted = self.config.consent_policy
@@ -168,3 +293,30 @@ def _display_path(page: Page, config: MkDocsConfig) -> str:
 
 def _title(page: Page) -> str:
     return str(page.meta.get("title") or page.title or page.file.name)
+
+
+def _palette(config: MkDocsConfig) -> tuple[str, str, str] | None:
+    """(scheme, primary, accent) of Material's first palette, as its base.html puts them on <body>."""
+    palette = config.theme.get("palette")
+    if isinstance(palette, list):
+        palette = palette[0] if palette else None
+    if not isinstance(palette, dict):
+        return None
+    return tuple(str(palette.get(k) or d).replace(" ", "-") for k, d in (("scheme", "default"), ("primary", "indigo"), ("accent", "indigo")))  # type: ignore[return-value]
+
+
+def _theme_stylesheets(config: MkDocsConfig) -> list[str]:
+    """The theme's built stylesheets (Material's main and palette CSS, whose names carry a hash), root-relative."""
+    found: list[str] = []
+    for pattern in ("main.*.min.css", "palette.*.min.css"):
+        for directory in config.theme.dirs:
+            hits = sorted(Path(directory, "assets", "stylesheets").glob(pattern))
+            if hits:
+                found.append(f"assets/stylesheets/{hits[0].name}")
+                break
+    return found if _palette(config) else found[:1]
+
+
+def _plain_site(config: MkDocsConfig) -> SiteInfo:
+    """The little of SiteInfo the feed needs, for a build without the history worker."""
+    return SiteInfo(config.site_name, config.site_url, config.site_dir, "en", "ltr", None, (), None, (), {}, {}, ())

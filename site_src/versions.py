@@ -43,6 +43,8 @@ class Policy:
     changes: tuple[ChangeRecord, ...]  # newest first
     # Filled from git history when it is available; otherwise just the current version (see current_only()).
     versions: tuple[VersionEntry, ...] = ()
+    # The version each record introduced, in the order of ``changes``; empty when git history is not available.
+    change_versions: tuple[str | None, ...] = ()
 
 
 def normalise_newlines(text: str) -> str:
@@ -93,16 +95,20 @@ def _policy_dict(policy: Policy) -> dict[str, Any]:
         "title": policy.title,
         "url": policy.url,
         "version": policy.version,
-        "changes": [
-            {
-                "date": c.date.isoformat(),
-                "effective": c.effective.isoformat(),
-                "summary": c.summary,
-                "material": c.material,
-            }
-            for c in policy.changes
-        ],
+        "changes": [_change_dict(c, v) for c, v in zip(policy.changes, policy.change_versions or [None] * len(policy.changes))],
         "versions": [
             {"version": v.version, "effective": v.effective, "url": v.url, "current": v.current} for v in versions
         ],
     }
+
+
+def _change_dict(change: ChangeRecord, version: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "date": change.date.isoformat(),
+        "effective": change.effective.isoformat(),
+        "summary": change.summary,
+        "material": change.material,
+    }
+    if version is not None:  # the body this change introduced (known from git history)
+        entry["version"] = version
+    return entry

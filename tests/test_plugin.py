@@ -43,6 +43,11 @@ def built(project: Path, out: Path, day: str | None = ACTIVE_DAY) -> Path:
     return out
 
 
+def fixture_copy(tmp: Path) -> Path:
+    """The fixture site copied outside any git repository: its pages have no history (require_history: false)."""
+    return shutil.copytree(FIXTURE, tmp / "project")
+
+
 def html_files(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
 
@@ -81,7 +86,8 @@ def banner_text(page: Path) -> str:
 
 @pytest.fixture(scope="module")
 def active_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return built(FIXTURE, tmp_path_factory.mktemp("active") / "site")
+    tmp = tmp_path_factory.mktemp("active")
+    return built(fixture_copy(tmp), tmp / "site")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +105,7 @@ def test_banner_on_every_html_file_while_a_change_is_active(active_site: Path) -
 
 
 def test_banner_on_no_html_file_when_no_change_is_active(tmp_path: Path) -> None:
-    site = built(FIXTURE, tmp_path / "site", day="2027-01-01")
+    site = built(fixture_copy(tmp_path), tmp_path / "site", day="2027-01-01")
     for page in html_files(site):
         html = page.read_text(encoding="utf-8")
         assert "data-policy-banner" not in html and "md-banner" not in html, page.relative_to(site)
@@ -125,7 +131,7 @@ def test_banner_links_to_each_policy_page(active_site: Path) -> None:
 @pytest.mark.parametrize(("day", "announced"), [("2026-12-10", True), ("2026-12-11", False)], ids=["day-30-in", "day-31-out"])
 def test_banner_window_edges(tmp_path: Path, day: str, announced: bool) -> None:
     # terms changed 2026-11-10; privacy (effective 2026-12-20) keeps the banner itself up on both days.
-    site = built(FIXTURE, tmp_path / "site", day=day)
+    site = built(fixture_copy(tmp_path), tmp_path / "site", day=day)
     assert (TERMS_SUMMARY in banner_text(site / "index.html")) is announced
 
 
@@ -155,7 +161,7 @@ def test_malformed_record_fails_the_build_naming_the_field(tmp_path: Path, case:
 
 
 def test_two_builds_with_the_same_source_date_epoch_are_byte_identical(active_site: Path, tmp_path: Path) -> None:
-    again = built(FIXTURE, tmp_path / "site")
+    again = built(fixture_copy(tmp_path), tmp_path / "site")
     files = sorted(p.relative_to(active_site) for p in active_site.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert {Path("sitemap.xml.gz"), Path("search/search_index.json"), Path("policy-versions.json")} <= set(files)

@@ -1,0 +1,90 @@
+"""What the plugin tells the history worker, and what the worker answers (plain, picklable data; pure).
+
+The plugin sends a SiteInfo once the site's files are known, one PolicySource per policy page as MkDocs
+converts it, and a Finish once every record is known (the banner depends on all of them). The worker answers
+with one Outcome after it has written the change history pages, the past versions and the feed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .records import ChangeRecord
+from .versions import VersionEntry
+
+CHANGES_DIR = "changes/"
+VERSIONS_DIR = "versions/"
+
+
+def history_base(policy_url: str) -> str:
+    """Where a policy's history pages live: ``privacy/`` for ``privacy/`` (and for ``privacy.html``)."""
+    if policy_url == "" or policy_url.endswith("/"):
+        return policy_url
+    return policy_url.rsplit(".", 1)[0] + "/"
+
+
+def changes_url(policy_url: str) -> str:
+    """The change history page of a policy, relative to the site root: ``privacy/changes/``."""
+    return history_base(policy_url) + CHANGES_DIR
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """The site-wide settings the generated pages need; URLs are relative to the site root."""
+
+    site_name: str
+    site_url: str | None
+    site_dir: str
+    lang: str
+    direction: str
+    palette: tuple[str, str, str] | None  # (scheme, primary, accent), as Material puts them on <body>
+    stylesheets: tuple[str, ...]
+    copyright: str | None
+    extensions: tuple[Any, ...]  # the site's markdown_extensions, names or picklable Extension objects
+    extension_configs: Mapping[str, Any]
+    page_urls: Mapping[str, str]  # src_uri -> url of every documentation page, for links inside policies
+    history_paths: tuple[str, ...]  # absolute paths whose git history to read (every documentation page)
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """One policy page as MkDocs read it."""
+
+    policy_id: str
+    title: str
+    url: str
+    src_uri: str
+    path: str  # absolute path of the Markdown file
+    display_path: str  # docs/privacy.md, for messages
+    source: str | None  # the whole file, front matter included; None: the worker reads it from path
+    records: tuple[ChangeRecord, ...]  # newest first, as records.parse_changes gives them
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Sent once every policy is known: the banner HTML for each relative base URL, the feed's settings."""
+
+    banners: Mapping[str, str]  # base_url ("../..") -> banner HTML ("" when no change is active)
+    feed_url: str | None  # changes.xml, relative to the site root; None: no feed (no site_url)
+    build_date: dt.date
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    policy_id: str
+    display_path: str
+    versions: tuple[VersionEntry, ...]  # newest first
+    change_versions: tuple[str | None, ...]  # the version each record introduced, in the records' order
+    unrecorded_diff: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    policies: tuple[PolicyOutcome, ...] = ()
+    pages_written: int = 0
+    error: str | None = None  # one sentence for the writer; the build fails with it
+    history_unavailable: bool = False  # the error says the git history cannot be read
+    timings: Mapping[str, float] = field(default_factory=dict)

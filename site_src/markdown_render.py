@@ -1,0 +1,163 @@
+"""Policy text to HTML for past-version pages, with the site's Markdown extensions (pure; never imports MkDocs).
+
+A site of 500 policies has ~3,600 past versions, and python-markdown takes ~3-4 ms for one policy page: too
+slow for the build's budget. Versions of one policy share all but a paragraph or two, so a policy's versions
+are cut into blocks (at blank lines), every distinct block of every version is converted in ONE Markdown run
+(blocks separated by an HTML comment that the converter passes through), and each version is put together
+from its blocks. Text the cut could change (fenced code, reference links, footnotes, raw HTML, indented
+blocks), or a joined result with a duplicate id, is converted whole instead, so the output is always what a
+whole conversion gives.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import xml.etree.ElementTree as etree
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import markdown  # type: ignore[import-untyped]
+from markdown.extensions import Extension  # type: ignore[import-untyped]
+from markdown.treeprocessors import Treeprocessor  # type: ignore[import-untyped]
+
+_MARK = "<!--policy-block-->"
+# Constructs whose meaning reaches across blank lines, or that a cut could break: convert such a text whole.
+_NOT_BLOCKWISE = re.compile(r"^ {0,3}(?:```|~~~)|^ {0,3}\[[^\]]+\]:|\[\^|^\*\[|\[TOC\]|^[ \t]*<", re.MULTILINE)
+_LIST_ITEM = re.compile(r"(?:[-*+]|\d+[.)])[ \t]")
+_ID = re.compile(r'\sid="([^"]*)"')
+# Extensions that give a paragraph of plain prose (see _PROSE) no markup beyond <p>: with only these, such
+# paragraphs skip python-markdown altogether (most of a policy's text, and most of the conversion time).
+_PROSE_SAFE = {
+    "abbr", "admonition", "attr_list", "codehilite", "def_list", "fenced_code", "footnotes", "md_in_html", "meta",
+    "sane_lists", "tables", "toc", "pymdownx.details", "pymdownx.highlight", "pymdownx.inlinehilite",
+    "pymdownx.superfences", "pymdownx.tabbed",
+}
+# A paragraph that starts with a letter and holds no character any of those extensions (or core Markdown) treats
+# as syntax, and no line that could start a list, quote, heading, table, definition or setext underline.
+_PROSE = re.compile(r"""[^\W\d_][^\\`*_{}\[\]<>&!#|~:^=\n]*(?:\n(?:[^\W\d_]|[("'])[^\\`*_{}\[\]<>&!#|~:^=\n]*)*""")
+
+
+def relative_url(target: str, page_url: str) -> str:
+    """``target`` (relative to the site root, like page.url) as a link from the page at ``page_url``."""
+    here = posixpath.dirname(page_url.rstrip("/")) if not page_url.endswith("/") else page_url.rstrip("/")
+    rel = posixpath.relpath(target or ".", here or ".")
+    if target.endswith("/") or target == "":
+        rel = rel.rstrip("/") + "/"
+    return "./" if rel in (".", "./") else rel
+
+
+class _Links(Treeprocessor):  # type: ignore[misc]
+    """Rewrite relative links of a policy's source (``cookies.md#x``) into links from the generated page."""
+
+    def __init__(self, md: markdown.Markdown, page_urls: Mapping[str, str]) -> None:
+        super().__init__(md)
+        self.page_urls = page_urls
+        self.src_uri = ""
+        self.page_url = ""
+
+    def run(self, root: etree.Element) -> None:
+        for element in root.iter():
+            key = "href" if element.tag == "a" else "src" if element.tag == "img" else None
+            value = element.get(key) if key else None
+            if key and value:
+                element.set(key, self.rewrite(value))
+
+    def rewrite(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme or parts.netloc or not parts.path or parts.path.startswith("/"):
+            return url
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(self.src_uri), parts.path)).lstrip("/")
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        site_path = self.page_urls.get(target, target)  # a page's URL, or a static file at its own path
+        return relative_url(site_path, self.page_url) + fragment
+
+
+class _LinksExtension(Extension):  # type: ignore[misc]
+    def __init__(self, page_urls: Mapping[str, str]) -> None:
+        super().__init__()
+        self.page_urls = page_urls
+        self.processor: _Links | None = None
+
+    def extendMarkdown(self, md: markdown.Markdown) -> None:  # noqa: N802 - python-markdown's name
+        self.processor = _Links(md, self.page_urls)
+        md.treeprocessors.register(self.processor, "policy_links", 1)  # after every other treeprocessor
+
+
+def blocks(body: str) -> list[str] | None:
+    """Cut a Markdown body into blocks that convert alone exactly as in the whole text; None when it cannot be cut."""
+    # The characters every such construct needs, checked first: most policy text has none of them.
+    if any(c in body for c in "`~[<*") and _NOT_BLOCKWISE.search(body):
+        return None
+    out: list[str] = []
+    for block in re.split(r"\n[ \t]*\n", body.strip("\n")):
+        block = block.strip("\n")
+        if not block.strip():
+            continue
+        # A loose list or a quote continues across blank lines: keep such neighbours together.
+        joins = out and (
+            (_LIST_ITEM.match(block) and _LIST_ITEM.match(out[-1].split("\n", 1)[0]))
+            or (block.startswith(">") and out[-1].startswith(">"))
+        )
+        if joins:
+            out[-1] += "\n\n" + block
+        else:
+            out.append(block)
+    return out
+
+
+class VersionRenderer:
+    """Converts policy versions with one reused Markdown instance (reset between texts)."""
+
+    def __init__(self, extensions: Sequence[Any], configs: Mapping[str, Any], page_urls: Mapping[str, str]) -> None:
+        names = {e.removeprefix("markdown.extensions.") if isinstance(e, str) else None for e in extensions}
+        self._prose_fast = names <= _PROSE_SAFE
+        self._links = _LinksExtension(page_urls)
+        self._md = markdown.Markdown(extensions=[*extensions, self._links], extension_configs=dict(configs))
+        self.conversions = 0  # Markdown runs, for the bench
+
+    def _convert(self, text: str) -> str:
+        self._md.reset()
+        self.conversions += 1
+        return str(self._md.convert(text))
+
+    def render(self, bodies: Sequence[str], *, src_uri: str, page_url: str) -> list[str]:
+        """HTML of each body, as linked from ``page_url`` (every body is one version of the page ``src_uri``)."""
+        assert self._links.processor is not None
+        self._links.processor.src_uri, self._links.processor.page_url = src_uri, page_url
+        cut = [blocks(body) for body in bodies]
+        html: dict[str, str] = {}
+        distinct = []
+        for block in dict.fromkeys(b for parts in cut if parts is not None for b in parts):
+            if self._prose_fast and _prose(block):
+                html[block] = f"<p>{block}</p>"
+            else:
+                distinct.append(block)
+        if distinct:
+            pieces = self._convert(f"\n\n{_MARK}\n\n".join(distinct)).split(_MARK)
+            if len(pieces) == len(distinct):
+                html.update((block, piece.strip("\n")) for block, piece in zip(distinct, pieces))
+            else:
+                html = {}
+        ids = {block: _ID.findall(piece) if "id=" in piece else [] for block, piece in html.items()}
+        out: list[str] = []
+        for body, parts in zip(bodies, cut):
+            if parts is None or not html or _needs_whole(parts, [i for b in parts for i in ids[b]]):
+                out.append(self._convert(body))
+            else:
+                out.append("\n".join(html[b] for b in parts))
+        return out
+
+
+def _prose(block: str) -> bool:
+    """A paragraph of plain prose: python-markdown would only wrap it in <p> (lines kept, nothing escaped)."""
+    return _PROSE.fullmatch(block) is not None and " \n" not in block and "\t" not in block and not block.endswith(" ")
+
+
+def _needs_whole(parts: Sequence[str], ids: Sequence[str]) -> bool:
+    """True when the joined blocks may differ from a whole conversion: an id twice (toc numbers the second one
+    in a whole text), or a heading id the one run de-duplicated (``contact_1``) that a whole text would not."""
+    if len(ids) != len(set(ids)):
+        return True
+    return any(re.fullmatch(r".+_\d+", i) for i in ids)

@@ -1,0 +1,70 @@
+"""Past-version HTML: the block-wise conversion must give exactly what python-markdown gives for the whole text."""
+
+from __future__ import annotations
+
+import markdown
+
+from site_src.markdown_render import VersionRenderer, blocks, relative_url
+
+EXTENSIONS = ["toc", "tables", "fenced_code", "attr_list", "md_in_html"]
+CONFIGS = {"toc": {"permalink": True}}
+BODY = """\
+# Privacy Policy
+
+We may share aggregate statistics with our partners.
+Café customers (and 'others') are 50% of them.
+
+## Contact {#contact}
+
+- one
+
+- two
+    continued
+
+Term | Value
+--- | ---
+a | b
+
+A [link](cookies.md#kept) and *emphasis* & more.
+
+Setext heading
+--------------
+"""
+
+
+def whole(text: str) -> str:
+    return markdown.Markdown(extensions=EXTENSIONS, extension_configs=CONFIGS).convert(text)
+
+
+def test_versions_render_exactly_as_a_whole_conversion() -> None:
+    bodies = [BODY, BODY.replace("our partners", "named partners"), BODY + "\n## Contact\n\nAgain.\n"]
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
+    rendered = renderer.render(bodies, src_uri="privacy.md", page_url="privacy.md")
+    assert rendered == [whole(b) for b in bodies]
+    assert renderer.conversions == 2  # one run for every block of every version, one whole text (a repeated heading)
+
+
+def test_plain_prose_skips_python_markdown_but_not_syntax() -> None:
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
+    assert renderer.render(["Plain words, only.\nSecond line."], src_uri="p.md", page_url="p/") == ["<p>Plain words, only.\nSecond line.</p>"]
+    assert renderer.conversions == 0
+    assert renderer.render(["Some *stress*."], src_uri="p.md", page_url="p/") == ["<p>Some <em>stress</em>.</p>"]
+
+
+def test_unknown_extension_turns_the_prose_shortcut_off() -> None:
+    renderer = VersionRenderer(["smarty"], {}, {})
+    assert renderer.render(["It's plain."], src_uri="p.md", page_url="p/") == ["<p>It&rsquo;s plain.</p>"]
+
+
+def test_relative_links_are_rewritten_for_the_version_page() -> None:
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {"cookies.md": "cookies/", "privacy.md": "privacy/"})
+    html = renderer.render(["See [cookies](cookies.md#kept) and ![x](img/a.png) and [out](https://x.org/)."],
+                           src_uri="privacy.md", page_url="privacy/versions/2026-01-10/")[0]
+    assert 'href="../../../cookies/#kept"' in html and 'src="../../../img/a.png"' in html and 'href="https://x.org/"' in html
+
+
+def test_blocks_refuses_text_a_cut_could_change() -> None:
+    assert blocks("Para\n\n```\ncode\n\nmore\n```\n") is None
+    assert blocks("See [a][1].\n\n[1]: https://x.org/\n") is None
+    assert blocks("- a\n\n- b\n\nPara\n") == ["- a\n\n- b", "Para"]
+    assert relative_url("", "privacy/changes/") == "../../" and relative_url("privacy/", "privacy/") == "./"
