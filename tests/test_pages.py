@@ -1,0 +1,57 @@
+"""The service's own pages: the prerendered receipt is exactly what Jinja renders, escaping included."""
+
+from __future__ import annotations
+
+import itertools
+
+from form_handler import pages
+from form_handler.ledger import Receipt
+from form_handler.manifest import PolicyEntry
+
+HOSTILE = "<script>alert('x')</script> & \"quoted\" {{ not a template }} \x00slot0\x00"
+POLICY = PolicyEntry(id="privacy", title="Privacy <Policy> & \"more\"", url="privacy/", current="b" * 64,
+                     versions={"a" * 64: "privacy/versions/2026-01-01/", "b" * 64: "privacy/"})
+
+
+def _receipt(version: str, flags: tuple[bool, bool, bool], token: str) -> Receipt:
+    return Receipt("r" * 32, "2026-11-25T10:00:00.000Z", "privacy", version, *flags, token, 7, "h" * 64)
+
+
+def _jinja(receipt: Receipt, email: str | None, message: str, policy: PolicyEntry | None, site_url: str) -> str:
+    # The plain Jinja rendering the prerendered page must reproduce byte for byte.
+    title = policy.title if policy else receipt.policy_id
+    policy_url = f"{site_url}/{policy.url}" if policy else f"{site_url}/"
+    contact, updates, third_parties = pages.consent_sentences(receipt, email)
+    return pages._ENV.get_template("receipt.html").render(
+        api_root=pages.API_ROOT, site_url=site_url, title="Your feedback was recorded",
+        description="Receipt for your feedback and the consent you gave.",
+        current=policy is None or receipt.policy_version == policy.current,
+        receipt_id=receipt.receipt_id, recorded_at=receipt.recorded_at, policy_version=receipt.policy_version,
+        withdraw_token=receipt.withdraw_token, email=email, message=message, contact=contact, updates=updates,
+        third_parties=third_parties, policy_title=title, policy_url=policy_url,
+        version_url=f"{site_url}/{policy.versions.get(receipt.policy_version, policy.url)}" if policy else policy_url,
+    )
+
+
+def test_prerendered_receipt_is_byte_for_byte_the_jinja_page() -> None:
+    cases = itertools.product(
+        [None, "", "ann@example.org", HOSTILE],  # email
+        ["Plain message.", HOSTILE, "é\n<b>line two</b>"],  # message
+        [POLICY, None],  # policy
+        ["a" * 64, "b" * 64, HOSTILE],  # version: earlier, current, unknown
+        [(False, False, False), (True, True, True), (True, False, True)],
+        ["https://example.org", "http://127.0.0.1:8000/a&b"],
+    )
+    for email, message, policy, version, flags, site_url in cases:
+        receipt = _receipt(version, flags, token=HOSTILE if flags[0] else "t0k3n-_")
+        fast = pages.receipt_page(receipt, email=email, message=message, policy=policy, site_url=site_url)
+        assert bytes(fast.body).decode() == _jinja(receipt, email, message, policy, site_url)
+
+
+def test_receipt_page_escapes_every_visitor_value() -> None:
+    receipt = _receipt("a" * 64, (True, True, False), token="tok<en>")
+    page = pages.receipt_page(receipt, email=HOSTILE, message=HOSTILE, policy=POLICY, site_url="https://example.org")
+    html = bytes(page.body).decode()
+    assert "<script>" not in html and "&lt;script&gt;" in html and "tok&lt;en&gt;" in html
+    assert "\x00" in html  # the visitor's own NUL-slot text is printed as text, not treated as a placeholder
+    assert html.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 4  # message, email, two consents
