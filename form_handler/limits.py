@@ -75,7 +75,9 @@ class BodyLimitMiddleware:
             if body_done:  # e.g. a streaming response listening for the disconnect: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+                # asyncio.timeout, not wait_for: wait_for wraps receive() in a new task each time (~20 us).
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    message = await receive()
             except TimeoutError:
                 raise BodyTooSlow() from None
             if message["type"] == "http.request":
