@@ -29,7 +29,7 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "Install Debian's chromium package (sudo apt-get install chromium) for the browser tests."; exit 1; fi; \
 	fi
-	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm ci --no-audit --no-fund --loglevel=error; fi
+	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm install --no-audit --no-fund --loglevel=error; fi
 
 site: install
 	$(BIN)/mkdocs build --strict
