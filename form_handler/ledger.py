@@ -6,12 +6,14 @@ and message live in the erasable `personal` table; the entry holds only a salted
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import os
 import re
-import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -223,6 +225,21 @@ def _check_fields(fields: dict[str, Any]) -> None:
             raise LedgerRefusal(f"{name} must be true or false.", name)
 
 
+def new_receipt_secrets(now: float | None = None) -> tuple[str, str, bytes]:
+    """A receipt id, its withdraw token (shown once) and its salt, from one read of the OS's random source.
+
+    The id is 32 hex digits: the time in milliseconds (12), then 80 random bits (20). Ids made in time
+    order land at the right-hand end of the two receipt_id indexes; wholly random ids put each
+    append on a random page of each index, and a batch of 35 dirtied ~130 pages (530 kB of WAL per
+    COMMIT, at 20,000 entries). The id only names a receipt: acting on it takes the token (256 bits),
+    and the time it shows is on the receipt and in the chain already.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    raw = os.urandom(10 + 32 + 16)
+    token = base64.urlsafe_b64encode(raw[10:42]).rstrip(b"=").decode("ascii")  # as secrets.token_urlsafe(32)
+    return f"{ms:012x}{raw[:10].hex()}", token, raw[42:]
+
+
 class LedgerTxn:
     """Operations inside one open write transaction (BEGIN IMMEDIATE already taken)."""
 
@@ -275,7 +292,7 @@ class LedgerTxn:
         _check_text("email", draft.email, optional=True)
         flags = {n: getattr(draft, n) for n in FLAG_COLUMNS}
         _check_fields(flags)
-        receipt_id, token, salt = secrets.token_hex(16), secrets.token_urlsafe(32), secrets.token_bytes(16)
+        receipt_id, token, salt = new_receipt_secrets()
         fields = {
             "policy_id": draft.policy_id, "policy_version": draft.policy_version, "page": draft.page, **flags,
             "commitment": commitment(salt, draft.email, draft.message),

@@ -15,6 +15,7 @@ from ledger_helpers import draft, make_read_only, make_writable
 from form_handler.chain import Checkpoint, canonical, entry_hash
 from form_handler.ledger import (
     InvalidToken, Ledger, LedgerError, LedgerUnavailable, UnknownReceipt, check_sqlite_version,
+    new_receipt_secrets,
 )
 
 
@@ -40,6 +41,15 @@ def test_append_consent_returns_receipt_chained_to_previous(ledger: Ledger) -> N
     row = ledger.connection.execute("SELECT canonical, prev_hash FROM entries WHERE seq = 2").fetchall()[0]
     assert row[1] == first.entry_hash
     assert entry_hash(first.entry_hash, row[0]) == second.entry_hash
+
+
+def test_receipt_ids_are_time_ordered_with_80_random_bits_and_tokens_256() -> None:
+    made = [new_receipt_secrets(now=1_790_000_000.0 + i) for i in range(200)]
+    ids = [receipt_id for receipt_id, _, _ in made]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids == sorted(ids)
+    assert len({i[12:] for i in ids}) == 200 and ids[0][:12] == f"{1_790_000_000_000:012x}"
+    assert all(len(token) == 43 and len(salt) == 16 for _, token, salt in made)
+    assert len({token for _, token, _ in made}) == len({salt for _, _, salt in made}) == 200
 
 
 def test_chained_entry_holds_commitment_not_personal_data(ledger: Ledger) -> None:
