@@ -42,6 +42,7 @@ class SiteInfo:
     direction: str
     palette: tuple[str, str, str] | None  # (scheme, primary, accent), as Material puts them on <body>
     stylesheets: tuple[str, ...]
+    favicon: str  # the theme's icon; without a link the browser asks for /favicon.ico and logs a 404
     copyright: str | None
     extensions: tuple[Any, ...]  # the site's markdown_extensions, names or picklable Extension objects
     extension_configs: Mapping[str, Any]

@@ -135,6 +135,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             direction=str(config.theme.get("direction") or "ltr"),
             palette=_palette(config),
             stylesheets=(*_theme_stylesheets(config), *config.extra_css, HISTORY_CSS),
+            favicon=str(config.theme.get("favicon") or "assets/images/favicon.png"),
             copyright=config.copyright,
             extensions=tuple(config.markdown_extensions),
             extension_configs=dict(config.mdx_configs),
@@ -319,4 +320,4 @@ def _theme_stylesheets(config: MkDocsConfig) -> list[str]:
 
 def _plain_site(config: MkDocsConfig) -> SiteInfo:
     """The little of SiteInfo the feed needs, for a build without the history worker."""
-    return SiteInfo(config.site_name, config.site_url, config.site_dir, "en", "ltr", None, (), None, (), {}, {}, ())
+    return SiteInfo(config.site_name, config.site_url, config.site_dir, "en", "ltr", None, (), "", None, (), {}, {}, ())

@@ -179,6 +179,11 @@ def test_every_page_has_banner_feed_link_lang_title_description_and_main(site: P
         assert re.search(r'<link rel="alternate" type="application/atom\+xml" href="[^"]*changes\.xml"', html), where
         assert '<html lang="en"' in html and re.search(r"<title>[^<]+</title>", html), where
         assert '<meta name="description" content="' in html and "<main" in html, where
+        # An icon link on every page, resolving to a file: without one the browser asks for /favicon.ico (a 404).
+        icon = re.search(r'<link rel="icon" href="([^"]+)"', html)
+        assert icon, where
+        href = icon.group(1)
+        assert (site / href.lstrip("/") if href.startswith("/") else page.parent / href).resolve().is_file(), where
 
 
 def test_unrecorded_edit_warns_with_a_diff_and_fails_strict(repo: GitRepo, tmp_path: Path) -> None:
