@@ -46,6 +46,7 @@ def test_serve_builds_the_site_and_serves_it_with_the_api_from_one_port(tmp_path
         assert (site / "index.html").is_file()
         home, health = httpx.get(base + "/"), httpx.get(base + "/api/healthz")
         assert home.status_code == 200 and "<html" in home.text
+        assert home.headers.get("content-encoding") == "gzip"  # the static site is compressed ...
         assert health.status_code == 200 and health.json()["status"] == "ok"
         missing = httpx.get(base + "/no/such/page/")
         assert missing.status_code == 404 and "<html" in missing.text
@@ -54,6 +55,7 @@ def test_serve_builds_the_site_and_serves_it_with_the_api_from_one_port(tmp_path
         r = httpx.post(base + "/api/feedback", data={**fields, "message": "Sent from the served site"})
         assert r.status_code == 200 and "Your feedback was recorded" in r.text, r.text[:500]
         assert f'href="{base}/privacy/"' in r.text
+        assert "content-encoding" not in r.headers  # ... the receipt, which shows the withdraw token, is not
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
