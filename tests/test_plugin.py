@@ -274,3 +274,21 @@ def test_audit_fixes_search_dialog_name_and_meta_description(active_site: Path) 
     assert dialogs and all(a.get("aria-label") for a in dialogs)
     descriptions = [a["content"] for t, a in elements.tags if t == "meta" and a.get("name") == "description"]
     assert descriptions == ["The policies of an example organisation."]
+
+
+def test_writer_text_is_escaped_in_the_banner_feed_link_and_feedback_form(tmp_path: Path) -> None:
+    # MkDocs' Jinja environment does not autoescape: our templates must escape summaries, titles and the site name.
+    project = fixture_copy(tmp_path)
+    terms = project / "docs" / "terms.md"
+    terms.write_text(terms.read_text().replace(TERMS_SUMMARY, "Terms & <b>conditions</b>"), encoding="utf-8")
+    privacy = project / "docs" / "privacy.md"
+    privacy.write_text(privacy.read_text().replace("title: Privacy Policy", 'title: "Privacy & <i>data</i>"'), encoding="utf-8")
+    config = project / "mkdocs.yml"
+    config.write_text(config.read_text().replace("site_name: Example policies", 'site_name: "Ex & <s>"'), encoding="utf-8")
+    html = (built(project, tmp_path / "site") / "feedback" / "index.html").read_text(encoding="utf-8")
+    banner = re.search(r'<div class="policy-banner" data-policy-banner>.*?</div>', html, re.DOTALL)
+    assert banner and "Terms &amp; &lt;b&gt;conditions&lt;/b&gt;" in banner.group(0)
+    assert "<b>" not in banner.group(0) and "<i>" not in banner.group(0) and "Privacy &amp; &lt;i&gt;data" in banner.group(0)
+    assert 'title="Ex &amp; &lt;s&gt;: policy changes"' in html
+    note = re.search(r'<p class="feedback-form__consent-note">.*?</p>', html, re.DOTALL)
+    assert note and "Privacy &amp; &lt;i&gt;data&lt;/i&gt;</a>" in note.group(0)
