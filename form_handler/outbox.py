@@ -102,10 +102,13 @@ def forget(connection: Any, receipt_id: str) -> int:
     return int(connection.changes())
 
 
-def _write(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+def _write(connection: Any, sql: str, params: tuple[Any, ...], *, first: tuple[str, tuple[Any, ...]] | None = None
+           ) -> list[tuple[Any, ...]]:
     # BEGIN IMMEDIATE: take the write lock before reading, so two senders cannot claim one row.
     connection.execute("BEGIN IMMEDIATE")
     try:
+        if first is not None:
+            connection.execute(*first)
         rows = list(connection.execute(sql, params))
     except BaseException:
         connection.execute("ROLLBACK")
@@ -114,8 +117,21 @@ def _write(connection: Any, sql: str, params: tuple[Any, ...]) -> list[tuple[Any
     return rows
 
 
+# A queued mail whose receipt has since been withdrawn or erased must not go out. Every withdrawal counts,
+# the e-mail unsubscribe (consent_updates set) too: the only mail queued is the confirmation of change e-mails.
+# Such rows are given up with their address and message dropped, in the claim's own transaction.
+CANCEL_WITHDRAWN = (
+    "UPDATE outbox SET gave_up_at = ?1, claimed_until = NULL, recipient = '', message = x'',"
+    " last_error = 'consent withdrawn or erased before sending'"
+    " WHERE sent_at IS NULL AND gave_up_at IS NULL AND EXISTS (SELECT 1 FROM entries w"
+    " WHERE w.receipt_id = outbox.receipt_id AND w.kind IN ('withdrawal', 'erasure'))"
+)
+
+
 def claim_due(connection: Any, *, now: datetime, limit: int = 50) -> list[tuple[int, int, bytes]]:
-    """Lease up to `limit` due rows to this sender; return (id, attempts, message bytes)."""
+    """Lease up to `limit` due rows to this sender; return (id, attempts, message bytes).
+
+    Rows of withdrawn or erased receipts are given up first (CANCEL_WITHDRAWN), never claimed."""
     ensure_schema(connection)
     rows = _write(
         connection,
@@ -124,6 +140,7 @@ def claim_due(connection: Any, *, now: datetime, limit: int = 50) -> list[tuple[
         " AND (claimed_until IS NULL OR claimed_until <= ?2) ORDER BY next_attempt_at, id LIMIT ?3)"
         " RETURNING id, attempts, message",
         (iso(now + timedelta(seconds=LEASE)), iso(now), limit),
+        first=(CANCEL_WITHDRAWN, (iso(now),)),
     )
     return sorted((int(r[0]), int(r[1]), bytes(r[2])) for r in rows)
 

@@ -6,9 +6,11 @@ from typing import Any
 
 import apsw
 import pytest
+from ledger_helpers import draft
 from mailserver import MailServer, free_port
 
 from form_handler import outbox
+from form_handler.ledger import Ledger
 from form_handler.mail import confirmation_message
 from form_handler.settings import Settings
 
@@ -17,6 +19,7 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
 @pytest.fixture
 def db(tmp_path: Path) -> Any:
+    Ledger(tmp_path / "ledger.sqlite3").close()  # the outbox lives in the ledger's database, beside its entries
     connection = apsw.Connection(str(tmp_path / "ledger.sqlite3"))
     connection.execute("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000")
     outbox.ensure_schema(connection)
@@ -96,6 +99,25 @@ def test_permanent_refusal_gives_up_without_retrying(db: Any) -> None:
         assert smtp.recipients() == ["ann@example.com"]
     assert row(db, refused)[5] is not None and row(db, ok)[2] is not None
     assert outbox.status(db) == {"queued": 0, "sent": 1, "gave_up": 1}
+
+
+@pytest.mark.parametrize("how", ["withdraw", "unsubscribe", "erase"])
+def test_a_queued_confirmation_is_not_sent_after_the_receipt_is_withdrawn(tmp_path: Path, how: str) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    with ledger.transaction() as txn:
+        receipt = txn.append_consent(draft(updates=True))
+    queue(ledger.connection, "ada@example.org", receipt.receipt_id)
+    with ledger.transaction() as txn:
+        if how == "withdraw":
+            txn.withdraw(receipt.receipt_id, receipt.withdraw_token)
+        elif how == "unsubscribe":
+            txn.append("withdrawal", receipt.receipt_id, consent_updates=False)
+        else:  # erase() also deletes the row; a bare erasure entry shows that the claim itself refuses it
+            txn.append("erasure", receipt.receipt_id)
+    with MailServer() as smtp:
+        assert outbox.send_due(ledger.connection, settings_for(smtp.port), now=T0) == outbox.PassResult(0, 0, 0)
+        assert smtp.recipients() == []
+    assert row(ledger.connection, 1)[3:] == ("", 0, "2026-11-20T12:00:00Z")
 
 
 def test_forget_removes_every_row_of_the_receipt(db: Any) -> None:
