@@ -61,6 +61,7 @@ class NotifyResult:
     sent: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     planned: list[Planned] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # withdrew, unsubscribed, was erased or told since the plan
 
 
 def load_histories(data: bytes, source: str) -> list[PolicyHistory]:
@@ -178,6 +179,12 @@ def _send(ledger: Ledger, settings: Settings, result: NotifyResult, echo: Callab
     key = tokens.signing_key(ledger.connection, settings.secret)
     with _Connections(settings) as smtp:
         for p in result.planned:
+            # The plan is one snapshot and sending takes minutes: re-read this person's standing first.
+            now = subscribers.current(ledger.connection, p.person)
+            if now is None or not now.subscribed or p.notice.version in now.noticed:
+                result.skipped.append(p.person.email)
+                echo(f"skipped {p.person.email}: no longer subscribed, or already told")
+                continue
             msg = notice_message(settings, to=p.person.email, notice=p.notice, earlier=p.earlier, **_links(key, settings, p, time.time()))
             try:
                 smtp.session().send(msg)

@@ -17,6 +17,7 @@ decide ("was this link already used?") and record in one transaction.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,15 +65,20 @@ def email_key(email: str) -> str:
     return email.strip().casefold()
 
 
-def _receipts(connection: Any, policy_id: str) -> dict[str, _Receipt]:
-    # Every entry of every receipt whose consent was for this policy, in chain order.
-    rows = connection.execute(
+def _receipts(connection: Any, policy_id: str, only: tuple[str, ...] | None = None) -> dict[str, _Receipt]:
+    # Every entry of every receipt whose consent was for this policy (or of the receipts `only`), in chain order.
+    sql = (
         "SELECT e.seq, e.kind, e.receipt_id, e.recorded_at, e.policy_version, e.consent_updates, p.email"
         " FROM entries e JOIN entries c ON c.receipt_id = e.receipt_id AND c.kind = 'consent'"
         " LEFT JOIN personal p ON p.receipt_id = e.receipt_id"
-        " WHERE c.policy_id = ? ORDER BY e.seq",
-        (policy_id,),
+        " WHERE c.policy_id = ?"
     )
+    if only is None:
+        rows = connection.execute(sql + " ORDER BY e.seq", (policy_id,))
+    else:
+        # The receipt ids travel as one bound JSON array; the receipt index finds each one.
+        sql += " AND e.receipt_id IN (SELECT value FROM json_each(?)) ORDER BY e.seq"
+        rows = connection.execute(sql, (policy_id, json.dumps(list(only))))
     receipts: dict[str, _Receipt] = {}
     for seq, kind, receipt_id, recorded_at, version, updates, email in rows:
         r = receipts.setdefault(receipt_id, _Receipt(receipt_id, email))
@@ -95,10 +101,12 @@ def _receipts(connection: Any, policy_id: str) -> dict[str, _Receipt]:
     return receipts
 
 
-def people(connection: Any, policy_id: str) -> list[Person]:
-    """Every address with at least one standing receipt for the policy, in order of first receipt."""
+def people(connection: Any, policy_id: str, *, only: tuple[str, ...] | None = None) -> list[Person]:
+    """Every address with at least one standing receipt for the policy, in order of first receipt.
+
+    With `only`, just those receipts are read (a quick re-read of people already known)."""
     groups: dict[str, list[_Receipt]] = {}
-    for r in _receipts(connection, policy_id).values():
+    for r in _receipts(connection, policy_id, only).values():
         if r.email:
             groups.setdefault(email_key(r.email), []).append(r)
     out = []
@@ -143,6 +151,17 @@ def person_of(connection: Any, receipt_id: str) -> Person | None:
     for person in people(connection, row[0]):
         if person.key == key and receipt_id in person.receipt_ids:
             return person
+    return None
+
+
+def current(connection: Any, person: Person) -> Person | None:
+    """The person as the ledger has them now, from their receipts only; None once none of them stands.
+
+    A notify run plans from one snapshot and then sends for minutes: this re-read, just before each
+    mail, sees a withdrawal, unsubscribe, erasure or notice recorded since."""
+    for now in people(connection, person.policy_id, only=person.receipt_ids):
+        if now.key == person.key:
+            return now
     return None
 
 

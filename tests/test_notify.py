@@ -101,6 +101,22 @@ def test_notify_skips_people_who_stopped_updates(led: Ledger, smtp: MailServer, 
     assert led.status(rid).standing  # stopping e-mails withdraws nothing else
 
 
+def test_notify_rereads_each_person_before_sending(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+    consent(led, "ann@example.com")
+    bob, carl, dan = consent(led, "bob@example.com"), consent(led, "carl@example.com"), consent(led, "dan@example.com")
+
+    def meanwhile(line: str) -> None:  # echo runs between two sends: people change their minds mid-run
+        if line.startswith("sent ann@"):
+            led.erase(bob)
+            with led.transaction() as txn:
+                txn.append("withdrawal", carl)  # no flags: every consent withdrawn
+                txn.append("withdrawal", dan, consent_updates=False)  # the unsubscribe link
+
+    result = notify.run(led, settings_for(smtp.port), write_manifest(tmp_path / "m.json"), echo=meanwhile)
+    assert result.sent == ["ann@example.com"] and smtp.recipients() == ["ann@example.com"]
+    assert result.skipped == ["bob@example.com", "carl@example.com", "dan@example.com"] and notice_count(led) == 1
+
+
 def test_notify_records_each_notice_and_sends_nothing_twice(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com"), consent(led, "bob@example.com")
     manifest = write_manifest(tmp_path / "m.json")
