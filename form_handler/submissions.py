@@ -111,7 +111,9 @@ def _email(raw: Any, errors: dict[str, str]) -> str | None:
 
 def _page(raw: Any, errors: dict[str, str]) -> str:
     text = _text("page", raw, errors) if raw is not None else ""
-    text = (text or "").strip()
+    # Keep only the path: the page is stored in the chained entry, which erasure cannot touch, and a query
+    # string or fragment (/feedback/?email=ada@example.org) can carry personal data.
+    text = (text or "").strip().split("#", 1)[0].split("?", 1)[0]
     if not text:
         return ""
     if len(text) > PAGE_MAX:

@@ -63,6 +63,17 @@ def test_json_submission_gets_201_receipt_that_appears_in_export_and_verifies(cl
         assert ledger.verify().ok and ledger.head().count == 1
 
 
+def test_page_query_with_an_address_is_not_kept_after_erasure(client: TestClient, settings: Settings) -> None:
+    # The page lands in the chained entry, which erasure cannot change: only its path may be stored.
+    receipt = submit(client, email="b@example.org", consent_contact=True, page="/feedback/?email=b@example.org#b@example.org").json()
+    with Ledger(settings.ledger_path) as ledger:
+        ledger.erase(receipt["receipt_id"])
+        canonical = b"".join(row[0] for row in ledger.connection.execute("SELECT canonical FROM entries"))
+    export = client.get("/api/export", headers={"Authorization": "Bearer s3cret"})
+    assert export.status_code == 200 and json.loads(export.text.splitlines()[0])["page"] == "/feedback/"
+    assert "b@example.org" not in export.text and b"b@example.org" not in canonical
+
+
 @pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
 def test_form_post_gets_html_receipt_saying_what_was_recorded(client: TestClient, encoding: str) -> None:
     fields = {**FORM, "email": "bob@example.org", "consent_updates": "on", "message": "<b>hi</b> & bye"}

@@ -87,6 +87,12 @@ def test_every_offending_field_is_named_at_once() -> None:
     assert set(errors) == {"message", "email", "policy_id", "policy_version", "page"}
 
 
+@pytest.mark.parametrize("page", ["/feedback/?email=ada@example.org", "/feedback/#ada@example.org", "/feedback/?a=1#b"])
+def test_page_keeps_only_the_path(page: str) -> None:
+    draft = parse_submission(_form(page=page), is_json=False)
+    assert not isinstance(draft, ValidationFailed) and draft.page == "/feedback/"
+
+
 @pytest.mark.parametrize("page", ["feedback/", "//evil.example/", "/a\\b", "/" + "x" * 600])
 def test_page_must_be_a_local_path(page: str) -> None:
     assert "page" in _errors(_form(page=page))
