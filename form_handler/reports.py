@@ -17,9 +17,10 @@ from .chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, commitment
 # Counts below this are left out (or null) so that no one can be picked out of the statistics.
 MIN_COUNT = 5
 # The fixed columns of a full export, in order (CSV header); other chained fields go in "details".
+# updates_stopped is the e-mail unsubscribe, which withdraws nothing else (so withdrawn stays false).
 EXPORT_FIELDS = (
     "seq", "entry_hash", "kind", "receipt_id", "recorded_at", "policy_id", "policy_version", "page",
-    *FLAG_COLUMNS, "email", "message", "withdrawn", "erased", "details",
+    *FLAG_COLUMNS, "email", "message", "withdrawn", "erased", "updates_stopped", "details",
 )
 _COLUMNS = ("seq", "kind", "receipt_id", "recorded_at", *TEXT_COLUMNS, *FLAG_COLUMNS)
 _PATHS = ", ".join(f"'$.{c}'" for c in _COLUMNS)
@@ -84,17 +85,17 @@ def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
 def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
     """Every chained entry in order, with personal data where it still exists and the receipt's status."""
     rows = conn.execute(
-        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, r.withdrawn, r.erased FROM entries e"
+        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, r.withdrawn, r.erased, r.updates_stopped FROM entries e"
         " LEFT JOIN personal p ON e.kind = 'consent' AND p.receipt_id = e.receipt_id"
         " LEFT JOIN receipts r ON r.receipt_id = e.receipt_id ORDER BY e.seq"
     )
     skip = {"v", "withdraw_token_sha256"}
-    for seq, digest, data, email, message, withdrawn, erased in rows:
+    for seq, digest, data, email, message, withdrawn, erased, stopped in rows:
         entry = json.loads(data)
         out: dict[str, Any] = {"seq": seq, "entry_hash": digest}
-        for name in EXPORT_FIELDS[2:-5]:
+        for name in EXPORT_FIELDS[2:-6]:
             out[name] = entry.get(name)
-        out.update(email=email, message=message, withdrawn=bool(withdrawn), erased=bool(erased))
+        out.update(email=email, message=message, withdrawn=bool(withdrawn), erased=bool(erased), updates_stopped=bool(stopped))
         out["details"] = {k: v for k, v in entry.items() if k not in out and k not in skip}
         yield out
 

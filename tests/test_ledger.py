@@ -17,6 +17,7 @@ from form_handler.ledger import (
     InvalidToken, Ledger, LedgerError, LedgerUnavailable, UnknownReceipt, check_sqlite_version,
     new_receipt_secrets,
 )
+from form_handler.reports import EXPORT_FIELDS
 
 
 @pytest.fixture
@@ -191,6 +192,15 @@ def test_full_export_joins_personal_data_and_status(ledger: Ledger) -> None:
     assert [r["kind"] for r in rows] == ["consent", "withdrawal"]
     assert rows[0]["email"] == "ada@example.org" and rows[0]["message"] == "hi"
     assert rows[0]["withdrawn"] is True and "withdraw_token_sha256" not in rows[0]["details"]
+
+
+def test_full_export_shows_an_email_unsubscribe_in_the_status(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft(updates=True))
+    with ledger.transaction() as txn:
+        txn.append("withdrawal", receipt.receipt_id, consent_updates=False)  # the unsubscribe link
+    consent, unsubscribe = ledger.export()
+    assert consent["updates_stopped"] is True and unsubscribe["updates_stopped"] is True
+    assert consent["withdrawn"] is False and list(consent) == list(EXPORT_FIELDS)
 
 
 def test_generic_append_for_known_receipts_only(ledger: Ledger) -> None:
