@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import pages, subscribers, tokens
-from .ledger import LedgerRefusal, LedgerTxn, LedgerUnavailable
+from .ledger import UNAVAILABLE_ERRORS, LedgerError, LedgerRefusal, LedgerTxn, LedgerUnavailable
 from .manifest import ManifestUnavailable
 from .tokens import LinkClaim, TokenRefused
 
@@ -157,6 +157,11 @@ async def show(request: Request) -> Response:
         return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason)
     except LinkUsed as e:
         return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e))
+    except (LedgerError, *UNAVAILABLE_ERRORS) as e:
+        # The key comes through the writer and the check reads the ledger: either may be down (full, read-only).
+        log.error("cannot check %s link: %s", link.purpose, e)
+        return await _page(request, link, 503, claim=None, title="Please try again later",
+                           lead="We cannot read our records now. Please open the link again later.")
     title, _ = await _title(request, claim.policy_id)
     if link.purpose == "unsubscribe" and (person is None or not person.updates_receipt_ids):
         return await _page(request, link, 200, claim=claim, title=link.done_title, lead=link.done.format(title=title))
