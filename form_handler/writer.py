@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import queue
 import threading
@@ -16,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .ledger import UNAVAILABLE_ERRORS, Ledger, LedgerTxn, LedgerUnavailable
+import apsw
+
+from .ledger import UNAVAILABLE_ERRORS, Ledger, LedgerError, LedgerTxn, LedgerUnavailable
+
+log = logging.getLogger("form_handler")
 
 T = TypeVar("T")
 
@@ -64,6 +69,60 @@ class _PeerLock:
             self._fd = None
 
 
+class _Checkpointer:
+    """Copies committed WAL frames into the database file from its own thread and connection.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses 1,000 WAL pages: every ~15th
+    batch also copied ~1,000 pages and fsynced the database file, and its submitters waited for it
+    (COMMIT p99 21 ms, max 51 ms, against 5 ms without). Durability does not depend on checkpoints:
+    a COMMIT is durable once its WAL frames are fsynced (synchronous=FULL); a checkpoint only moves
+    them. A PASSIVE checkpoint takes no write lock, so batches keep committing while it runs.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs = 0  # checkpoints done, for tests
+        self._wake = threading.Event()
+        self._stop = False
+        self._ledger: Ledger | None = None
+        self._thread = threading.Thread(target=self._run, name="ledger-checkpointer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                if self._ledger is None:
+                    self._ledger = Ledger(self.path)
+                self._ledger.connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+                self.runs += 1
+            except apsw.BusyError:
+                pass  # another checkpoint (another worker's) or a WAL restart is under way; the next kick retries
+            except (LedgerError, apsw.Error) as e:
+                # Disk full, read-only, ...: the WAL just grows until the next kick succeeds; commits
+                # do not need checkpoints, and the writer checkpoints itself past BACKSTOP_PAGES.
+                log.warning("ledger checkpoint failed, will retry: %s", e)
+                if self._ledger is not None:
+                    self._ledger.close()
+                    self._ledger = None
+
+
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
     # Runs on the caller's event loop; a caller that gave up (cancelled) is simply skipped.
     if future.done():
@@ -76,6 +135,11 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 class GroupCommitWriter:
     """One thread, one Ledger connection, a queue; each batch is one BEGIN IMMEDIATE ... COMMIT."""
+
+    # WAL pages after which the checkpointer is woken (SQLite's own autocheckpoint default), and after
+    # which the writer checkpoints inline because the checkpointer is falling behind or failing.
+    CHECKPOINT_PAGES = 1000
+    BACKSTOP_PAGES = 20_000
 
     def __init__(self, ledger_path: str | Path, *, max_batch: int = 512) -> None:
         if max_batch < 1:
@@ -90,6 +154,9 @@ class GroupCommitWriter:
         self._ledger: Ledger | None = None
         self._thread: threading.Thread | None = None
         self._peers = _PeerLock(self.ledger_path.with_name(self.ledger_path.name + ".writer-lock"))
+        self._checkpointer = _Checkpointer(self.ledger_path)
+        self._hooked: apsw.Connection | None = None
+        self._wal_pages = 0
 
     @property
     def ledger(self) -> Ledger:
@@ -101,6 +168,7 @@ class GroupCommitWriter:
     def start(self) -> None:
         """Open the writer's own connection and start the thread (a too-old SQLite raises here)."""
         self._ledger = Ledger(self.ledger_path)
+        self._checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -127,6 +195,8 @@ class GroupCommitWriter:
             self._queue.put(_STOP)
         if self._thread is not None:
             self._thread.join()
+        # The checkpointer's connection closes first, so the writer's is the last and checkpoints the WAL.
+        self._checkpointer.close()
         if self._ledger is not None:
             self._ledger.close()
         self._peers.close()
@@ -157,6 +227,9 @@ class GroupCommitWriter:
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self.ledger.transaction() as txn:
+                if txn.connection is not self._hooked:  # a new connection (first use, or after an I/O error)
+                    txn.connection.set_wal_hook(self._wal_hook)  # replaces SQLite's autocheckpoint
+                    self._hooked = txn.connection
                 for job in batch:
                     try:
                         # apsw: `with connection` inside a transaction is a SAVEPOINT, rolled back on error.
@@ -173,7 +246,23 @@ class GroupCommitWriter:
         else:
             self.commits += 1
             self.largest_batch = max(self.largest_batch, len(batch))
+            if self._wal_pages >= self.BACKSTOP_PAGES:
+                self._checkpoint_inline()
         return outcomes
+
+    def _wal_hook(self, connection: apsw.Connection, name: str, pages: int) -> int:
+        # Called by SQLite in this thread right after each COMMIT, with the WAL's size in pages.
+        self._wal_pages = pages
+        if pages >= self.CHECKPOINT_PAGES:
+            self._checkpointer.kick()
+        return apsw.SQLITE_OK
+
+    def _checkpoint_inline(self) -> None:
+        try:
+            self.ledger.connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        except (LedgerError, apsw.Error) as e:
+            log.warning("ledger checkpoint failed, will retry: %s", e)
+        self._wal_pages = 0
 
     def _commit(self, batch: list[_Job]) -> None:
         locked = self._peers.acquire()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,25 @@ def test_writer_connection_reads_back_wal_full_busy(writer: GroupCommitWriter) -
     pragmas = writer.ledger.pragmas()
     assert pragmas["journal_mode"] == "wal" and pragmas["synchronous"] == "FULL"
     assert pragmas["busy_timeout"] >= 5000
+
+
+def test_checkpoints_run_beside_the_commits_not_inside_them(writer: GroupCommitWriter) -> None:
+    writer.CHECKPOINT_PAGES = 20
+    pages_seen = []
+    for _ in range(6):
+        run(writer, *[consent] * 50)
+        pages_seen.append(writer._wal_pages)
+        deadline = time.monotonic() + 5
+        while writer._wal_pages >= 20 and writer._checkpointer.runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    # The checkpointer thread ran, and the WAL started over after its checkpoints instead of growing.
+    assert writer._checkpointer.runs >= 1 and min(pages_seen[1:]) < max(pages_seen)
+    assert Ledger(writer.ledger_path).verify().count == 300
+
+
+def test_writer_checkpoints_inline_when_the_wal_passes_the_backstop(writer: GroupCommitWriter) -> None:
+    writer._checkpointer.close()  # as if it kept failing
+    writer.BACKSTOP_PAGES = 30
+    run(writer, *[consent] * 100)
+    run(writer, consent)
+    assert writer._wal_pages < 30 and Ledger(writer.ledger_path).verify().count == 101
