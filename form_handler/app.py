@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from . import export, mail_routes, optin, pages
 from .bodies import Refused, read_fields, wants_json
@@ -221,11 +221,33 @@ async def export_ledger(request: Request) -> Response:
     if fmt not in EXPORT_TYPES:
         return JSONResponse({"errors": {"format": "format must be jsonl or csv."}}, 422)
     third_party = request.query_params.get("third_party", "") in ("1", "true", "yes")
-    reader = service(request).reader
-    # A sync generator: Starlette pulls it in a worker thread, one row at a time.
-    lines = export.lines(reader.export(third_party=third_party), fmt, third_party=third_party)
-    return StreamingResponse(lines, media_type=EXPORT_TYPES[fmt],
-                             headers={**NO_STORE, "Content-Disposition": f'attachment; filename="ledger.{fmt}"'})
+    rows = export.ExportRows(service(request).reader.export(third_party=third_party))
+    try:
+        # Read before answering: once the 200 is sent, a ledger that cannot be read could only cut the body short.
+        await run_in_threadpool(rows.prefetch)
+    except LedgerError as e:
+        rows.close()
+        log.error("ledger unreadable: %s", e)
+        return JSONResponse({"errors": {"ledger": "The ledger cannot be read now; try again later."}}, 503,
+                            headers={"Retry-After": "5"})
+    # A sync iterator: Starlette pulls it in a worker thread, one row at a time.
+    lines = export.lines(rows, fmt, third_party=third_party)
+    return ClosingStream(rows.close, lines, media_type=EXPORT_TYPES[fmt],
+                         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="ledger.{fmt}"'})
+
+
+class ClosingStream(StreamingResponse):
+    """A StreamingResponse that calls `close` however it ends: sent, client gone or failed."""
+
+    def __init__(self, close: Callable[[], None], content: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()  # never blocks (ExportRows.close), so it is safe on the event loop
 
 
 async def openapi(request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -13,6 +14,49 @@ from .reports import EXPORT_FIELDS
 THIRD_PARTY_FIELDS = ("email",)
 # A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ExportRows:
+    """The rows of one export for a streaming response: the first read up front, the source closed once.
+
+    A response pulls rows in worker threads and its client may go away mid-way; close() may come from
+    any thread at any time and never waits: a pull in progress closes the source when it returns.
+    """
+
+    def __init__(self, rows: Iterator[dict[str, Any]]) -> None:
+        self._rows = rows
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ahead: list[dict[str, Any]] = []
+
+    def prefetch(self) -> None:
+        """Read the first row now, so a ledger that cannot be read fails before any response is sent."""
+        with self._lock:
+            self._ahead = [row for _, row in zip(range(1), self._rows)]
+
+    def __iter__(self) -> ExportRows:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            with self._lock:
+                if self._closed:
+                    raise StopIteration
+                return self._ahead.pop() if self._ahead else next(self._rows)
+        finally:
+            if self._closed:
+                self.close()  # close() came while we held the lock
+
+    def close(self) -> None:
+        """Close the source (its read connection) now, or as soon as the pull in progress returns."""
+        self._closed = True
+        if self._lock.acquire(blocking=False):
+            try:
+                close = getattr(self._rows, "close", None)  # a generator's close runs its finally
+                if close is not None:
+                    close()
+            finally:
+                self._lock.release()
 
 
 def safe_cell(value: Any) -> str:

@@ -8,10 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from form_handler import export
 from form_handler.app import create_app
 from form_handler.ledger import Ledger
 from form_handler.openapi import openapi_document
@@ -247,6 +249,25 @@ def test_export_csv_is_safe_against_formulas(client: TestClient) -> None:
     assert "'=HYPERLINK" in r.text
     third = client.get("/api/export?third_party=1", headers={"Authorization": "Bearer s3cret"})
     assert [json.loads(line) for line in third.text.splitlines()] == [{"email": "c@example.org"}]
+
+
+def test_export_of_an_unreadable_ledger_answers_503_not_a_cut_off_200(client: TestClient, settings: Settings) -> None:
+    submit(client)
+    for path in settings.ledger_path.parent.glob(settings.ledger_path.name + "*"):
+        path.rename(path.with_name("moved-" + path.name))  # the reader's own connection stays open; a new one fails
+    r = client.get("/api/export", headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 503 and "ledger" in r.json()["errors"] and r.headers["retry-after"] == "5"
+
+
+def test_export_rows_close_their_read_connection_when_abandoned(client: TestClient, settings: Settings) -> None:
+    submit(client), submit(client)
+    with Ledger(settings.ledger_path, readonly=True) as ledger:
+        before = len(apsw.connections())
+        rows = export.ExportRows(ledger.export())
+        rows.prefetch()
+        assert next(rows)["kind"] == "consent" and len(apsw.connections()) == before + 1
+        rows.close()  # as the response does when its client goes away mid-stream
+        assert len(apsw.connections()) == before and list(rows) == []
 
 
 def test_export_is_off_without_an_admin_token(settings: Settings) -> None:
