@@ -208,7 +208,8 @@ def _openapi(link: Link) -> dict[str, Any]:
                "410": {"description": "Expired or already used link; nothing recorded.", "content": html}}
     return {
         "get": {"summary": f"{link.title}: a page with a button (records nothing).", "parameters": token,
-                "responses": {"200": {"description": "The page.", "content": html}, **refused}},
+                "responses": {"200": {"description": "The page.", "content": html}, **refused,
+                              "503": {"description": "The ledger cannot be read now.", "content": html}}},
         "post": {"summary": f"{link.title}: record it." + (
                      " Also the RFC 8058 one-click target (body List-Unsubscribe=One-Click)."
                      if link.purpose == "unsubscribe" else ""),
