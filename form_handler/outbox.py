@@ -159,10 +159,12 @@ def mark_failed(connection: Any, row_id: int, attempts: int, error: str, *, now:
     """Record a failed attempt; schedule the retry or give up. Return True when given up."""
     attempts += 1
     give_up = permanent or attempts >= MAX_ATTEMPTS
+    # A row given up is never tried again, so like a sent one it keeps no address and no message.
     _write(
         connection,
-        "UPDATE outbox SET attempts = ?, last_error = ?, claimed_until = NULL, next_attempt_at = ?,"
-        " gave_up_at = ? WHERE id = ? AND sent_at IS NULL",
+        "UPDATE outbox SET attempts = ?1, last_error = ?2, claimed_until = NULL, next_attempt_at = ?3,"
+        " gave_up_at = ?4, recipient = CASE WHEN ?4 IS NULL THEN recipient ELSE '' END,"
+        " message = CASE WHEN ?4 IS NULL THEN message ELSE x'' END WHERE id = ?5 AND sent_at IS NULL",
         (
             attempts,
             error[:500],

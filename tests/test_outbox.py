@@ -101,6 +101,15 @@ def test_permanent_refusal_gives_up_without_retrying(db: Any) -> None:
     assert outbox.status(db) == {"queued": 0, "sent": 1, "gave_up": 1}
 
 
+def test_giving_up_forgets_the_address_and_message(db: Any) -> None:
+    refused, later = queue(db, "gone@example.com", "r-1"), queue(db, "ann@example.com", "r-2")
+    assert outbox.mark_failed(db, refused, 0, "550 no such user", now=T0, permanent=True)
+    assert not outbox.mark_failed(db, later, 0, "connection refused", now=T0, permanent=False)
+    assert row(db, refused)[3:5] == ("", 0) and row(db, refused)[5] is not None
+    # A row still to be retried keeps what it needs for that.
+    assert row(db, later)[3] == "ann@example.com" and row(db, later)[4] > 0 and row(db, later)[5] is None
+
+
 @pytest.mark.parametrize("how", ["withdraw", "unsubscribe", "erase"])
 def test_a_queued_confirmation_is_not_sent_after_the_receipt_is_withdrawn(tmp_path: Path, how: str) -> None:
     ledger = Ledger(tmp_path / "ledger.sqlite3")
