@@ -12,6 +12,7 @@ from typing import Any
 
 import apsw
 
+from .addresses import email_key
 from .chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, commitment
 
 # Counts below this are left out (or null) so that no one can be picked out of the statistics.
@@ -112,7 +113,7 @@ def third_party_emails(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
     )
     decided: dict[str, tuple[str, bool]] = {}
     for email, third, withdrawn, erased in rows:
-        key = email.strip().lower()
+        key = email_key(email)
         if key not in decided:
             decided[key] = (email.strip(), bool(third) and not withdrawn and not erased)
     for key in sorted(decided):

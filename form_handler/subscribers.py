@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .addresses import email_key
+
 
 @dataclass
 class _Receipt:
@@ -59,10 +61,6 @@ class Person:
     @property
     def key(self) -> str:
         return email_key(self.email)
-
-
-def email_key(email: str) -> str:
-    return email.strip().casefold()
 
 
 def _receipts(connection: Any, policy_id: str, only: tuple[str, ...] | None = None) -> dict[str, _Receipt]:

@@ -12,6 +12,7 @@ import apsw
 import pytest
 from ledger_helpers import draft, make_read_only, make_writable
 
+from form_handler import subscribers
 from form_handler.chain import Checkpoint, canonical, entry_hash
 from form_handler.ledger import (
     InvalidToken, Ledger, LedgerError, LedgerUnavailable, UnknownReceipt, check_sqlite_version,
@@ -183,6 +184,14 @@ def test_third_party_export_only_standing_consents_deduped(ledger: Ledger) -> No
     erased = ledger.append_consent(draft(email="di@example.org", third=True))
     ledger.erase(erased.receipt_id)
     assert list(ledger.export(third_party=True)) == [{"email": "ada@example.org"}]
+
+
+def test_third_party_export_groups_addresses_as_the_notices_do(ledger: Ledger) -> None:
+    # One rule (addresses.email_key): the later refusal under another spelling of the same address counts.
+    ledger.append_consent(draft(email="STRASSE@example.org", third=True))
+    ledger.append_consent(draft(email="straße@example.org", third=False))
+    assert [p.email for p in subscribers.people(ledger.connection, "privacy")] == ["straße@example.org"]
+    assert list(ledger.export(third_party=True)) == []
 
 
 def test_full_export_joins_personal_data_and_status(ledger: Ledger) -> None:
