@@ -169,6 +169,9 @@ FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
 WHERE c.kind = 'consent';
 PRAGMA user_version = 2;
 """
+# Name/value rows beside the chain (not chained, nothing personal): the e-mail link key (tokens.py) and
+# the notify run lock (notify.py). Each creates the table when it first needs it; this is its one definition.
+META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def check_sqlite_version(version: str) -> None:

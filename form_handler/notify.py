@@ -26,7 +26,7 @@ from typing import Any
 import apsw
 
 from . import subscribers, tokens
-from .ledger import Ledger
+from .ledger import META_SCHEMA, Ledger
 from .mail import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
 from .manifest import read_source
 from .settings import Settings
@@ -209,7 +209,7 @@ def run_lock(connection: Any) -> Iterator[None]:
     mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute(META_SCHEMA)
         row = connection.execute("SELECT value FROM meta WHERE name = 'notify_run'").fetchone()
         if row is not None and _alive(json.loads(row[0])):
             other = json.loads(row[0])

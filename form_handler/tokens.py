@@ -22,6 +22,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .ledger import META_SCHEMA
+
 PURPOSES = ("confirm", "reconsent", "withdraw", "unsubscribe")
 Purpose = Literal["confirm", "reconsent", "withdraw", "unsubscribe"]
 
@@ -150,7 +152,7 @@ def signing_key(connection: Any, secret: str | None) -> bytes:
 
 
 def _stored_key(connection: Any) -> bytes:
-    connection.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    connection.execute(META_SCHEMA)
     connection.execute(
         "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", ("link_key", secrets.token_hex(32))
     )
