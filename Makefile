@@ -23,11 +23,16 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Debian's Chromium for the browser tests, and the npm tools (axe-core, Lighthouse) pinned in package-lock.json.
+# Debian's Chromium for the browser tests, and the npm tools (axe-core, Lighthouse) pinned in package-lock.json
+# (Debian's nodejs and npm first when a fresh machine has no npm; bookworm's Node 18.19 meets Lighthouse's >=18.16).
 browser-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "Install Debian's chromium package (sudo apt-get install chromium) for the browser tests."; exit 1; fi; \
+	fi
+	@if [ -f package-lock.json ] && [ ! -d node_modules ] && ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "Install Debian's nodejs and npm packages (sudo apt-get install nodejs npm) for axe-core and Lighthouse."; exit 1; fi; \
 	fi
 	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm install --no-audit --no-fund --loglevel=error; fi
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import click
@@ -41,3 +45,23 @@ def test_every_command_has_help_and_is_in_the_readme() -> None:
     for name, command in commands:
         assert (command.help or "").strip(), f"policy-site {name} has no help"
         assert f"policy-site {name}" in README, f"policy-site {name} is not in the README"
+
+
+def test_browser_deps_without_npm_says_what_to_install(tmp_path: Path) -> None:
+    # A fresh machine without npm, as a user who cannot apt-get: one clear sentence, not "npm: not found".
+    root = Path(__file__).parent.parent
+    work = Path(tempfile.mkdtemp(dir="/tmp"))  # reachable by nobody, unlike pytest's private tmp_path
+    try:
+        for name in ("Makefile", "package.json", "package-lock.json"):
+            shutil.copy(root / name, work / name)
+        tools = work / "bin"
+        tools.mkdir()
+        for tool in ("make", "sh", "id"):  # everything the recipe needs, and no npm
+            (tools / tool).symlink_to(shutil.which(tool) or tool)
+        os.chmod(work, 0o755)
+        as_user = [shutil.which("setpriv") or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        result = subprocess.run([*as_user, str(tools / "make"), "-s", "-C", str(work), "browser-deps"],
+                                env={"PATH": str(tools)}, capture_output=True, text=True, timeout=60)
+    finally:
+        shutil.rmtree(work)
+    assert result.returncode != 0 and "Install Debian's nodejs and npm packages" in result.stdout, result.stderr
