@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import click
+import yaml
 
 from form_handler import settings
 from form_handler.cli import cli
@@ -65,3 +66,13 @@ def test_browser_deps_without_npm_says_what_to_install(tmp_path: Path) -> None:
     finally:
         shutil.rmtree(work)
     assert result.returncode != 0 and "Install Debian's nodejs and npm packages" in result.stdout, result.stderr
+
+
+def test_publish_workflow_stops_first_when_the_site_url_is_empty() -> None:
+    workflow = yaml.safe_load((Path(__file__).parent.parent / ".github/workflows/publish.yml").read_text(encoding="utf-8"))
+    first = workflow["jobs"]["build"]["steps"][0]
+    assert first["env"]["SITE_URL"] == "${{ vars.POLICY_SITE_URL }}"
+    for url, code in (("", 1), ("https://policies.example.org/", 0)):
+        result = subprocess.run(["bash", "-e", "-c", first["run"]], env={"SITE_URL": url, "PATH": os.environ["PATH"]},
+                                capture_output=True, text=True, timeout=10)
+        assert result.returncode == code and ("POLICY_SITE_URL is empty" in result.stdout) == (code == 1)
