@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,185 +26,25 @@ from .chain import (
     FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
     entry_hash, utc_now, walk,
 )
+from .ledger_types import (
+    UNAVAILABLE_ERRORS, ConsentDraft, Entry, InvalidToken, LedgerError, LedgerRefusal, LedgerUnavailable,
+    Receipt, ReceiptStatus, UnknownReceipt,
+)
+from .schema import (
+    BUSY_TIMEOUT_MS, META_SCHEMA, SCHEMA, SCHEMA_VERSION, SQLITE_MINIMUM, check_sqlite_version, configure,
+    read_pragmas,
+)
 
 __all__ = [
     "Checkpoint", "ConsentDraft", "Entry", "InvalidToken", "Ledger", "LedgerError", "LedgerRefusal",
     "LedgerTxn", "LedgerUnavailable", "Receipt", "ReceiptStatus", "UnknownReceipt", "VerifyReport",
+    # Re-exported so `from form_handler.ledger import ...` keeps working for the schema and connection setup.
+    "BUSY_TIMEOUT_MS", "META_SCHEMA", "SCHEMA", "SCHEMA_VERSION", "SQLITE_MINIMUM", "UNAVAILABLE_ERRORS",
+    "check_sqlite_version", "configure", "read_pragmas",
 ]
 
-# Older SQLite has the WAL-reset bug that can corrupt a database written by several processes.
-SQLITE_MINIMUM = (3, 51, 3)
-# >= 5 s so several uvicorn workers queue for the write lock instead of failing.
-BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 2
 # Tables other modules keep personal data in, keyed by receipt_id; erase() clears them too.
 ERASABLE_TABLES: list[str] = ["outbox"]
-
-
-class LedgerError(Exception):
-    """Base class of every ledger error."""
-
-
-class LedgerUnavailable(LedgerError):
-    """The ledger cannot be written now (disk full, read-only, busy); retrying later may work."""
-
-
-class LedgerRefusal(LedgerError):
-    """A request the ledger refuses; `field` names the offending input."""
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class UnknownReceipt(LedgerRefusal):
-    pass
-
-
-class InvalidToken(LedgerRefusal):
-    pass
-
-
-# The apsw errors that mean "cannot write now", not "the request is wrong".
-UNAVAILABLE_ERRORS = (
-    apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError,
-    apsw.BusyError, apsw.LockedError, apsw.PermissionsError,
-)
-
-
-@dataclass(frozen=True)
-class ConsentDraft:
-    policy_id: str
-    policy_version: str
-    page: str
-    message: str
-    email: str | None
-    consent_contact: bool
-    consent_updates: bool
-    consent_third_parties: bool
-
-
-@dataclass(frozen=True)
-class Receipt:
-    receipt_id: str
-    recorded_at: str
-    policy_id: str
-    policy_version: str
-    consent_contact: bool
-    consent_updates: bool
-    consent_third_parties: bool
-    withdraw_token: str = field(repr=False)
-    seq: int
-    entry_hash: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    seq: int
-    entry_hash: str
-    prev_hash: str
-    kind: str
-    receipt_id: str
-    recorded_at: str
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ReceiptStatus:
-    receipt_id: str
-    withdrawn: bool
-    erased: bool
-
-    @property
-    def standing(self) -> bool:
-        return not (self.withdrawn or self.erased)
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY,
-    -- UNIQUE: two appends that read the same head cannot both land (the database refuses a fork).
-    prev_hash TEXT NOT NULL UNIQUE,
-    hash TEXT NOT NULL,
-    canonical BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    receipt_id TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    policy_id TEXT,
-    policy_version TEXT,
-    page TEXT,
-    commitment TEXT,
-    consent_contact INTEGER,
-    consent_updates INTEGER,
-    consent_third_parties INTEGER
-);
-CREATE INDEX IF NOT EXISTS entries_receipt ON entries(receipt_id, kind);
-CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
-BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries
-BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: DELETE refused'); END;
--- Personal data, outside the chain so it can be erased; salt goes with it.
-CREATE TABLE IF NOT EXISTS personal (
-    receipt_id TEXT PRIMARY KEY,
-    salt BLOB NOT NULL,
-    email TEXT,
-    message TEXT NOT NULL
-);
--- One row per consent receipt with its current status; stats, exports and notices read this.
-CREATE VIEW IF NOT EXISTS receipts AS
-SELECT c.seq, c.receipt_id, c.recorded_at, c.policy_id, c.page,
-       c.policy_version AS consented_version,
-       (SELECT r.policy_version FROM entries r WHERE r.receipt_id = c.receipt_id
-          AND r.kind IN ('consent', 'reconsent') ORDER BY r.seq DESC LIMIT 1) AS policy_version,
-       c.consent_contact, c.consent_updates, c.consent_third_parties,
-       -- A withdrawal with consent_updates set (the e-mail unsubscribe) stops change notices only.
-       EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = c.receipt_id AND w.kind = 'withdrawal'
-               AND w.consent_updates IS NULL) AS withdrawn,
-       EXISTS (SELECT 1 FROM entries x WHERE x.receipt_id = c.receipt_id AND x.kind = 'erasure') AS erased,
-       p.email,
-       EXISTS (SELECT 1 FROM entries u WHERE u.receipt_id = c.receipt_id AND u.kind = 'withdrawal'
-               AND u.consent_updates IS NOT NULL) AS updates_stopped
-FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
-WHERE c.kind = 'consent';
-PRAGMA user_version = 2;
-"""
-# Name/value rows beside the chain (not chained, nothing personal): the e-mail link key (tokens.py) and
-# the notify run lock (notify.py). Each creates the table when it first needs it; this is its one definition.
-META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-
-
-def check_sqlite_version(version: str) -> None:
-    """Refuse SQLite older than 3.51.3 (the WAL-reset bug corrupts multi-process writers)."""
-    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
-    if parts < SQLITE_MINIMUM:
-        raise LedgerError(
-            f"apsw links SQLite {version}, older than 3.51.3 (WAL-reset bug); "
-            "upgrade it with: pip install 'apsw>=3.51.3.0'."
-        )
-
-
-def configure(conn: apsw.Connection) -> None:
-    """Pragmas every connection needs; busy timeout first so the WAL switch can wait for a lock."""
-    conn.setbusytimeout(BUSY_TIMEOUT_MS)
-    conn.execute("PRAGMA journal_mode=WAL").fetchall()
-    # FULL: a commit is on disk (WAL fsynced) before we acknowledge it, even across a power cut.
-    conn.execute("PRAGMA synchronous=FULL")
-    # Erased email addresses and messages are overwritten on disk, not just unlinked.
-    conn.execute("PRAGMA secure_delete=ON")
-    # Random-keyed indexes (receipt ids, prev_hash) touch pages all over the file; keep them cached.
-    conn.execute("PRAGMA cache_size=-32768")
-
-
-def read_pragmas(conn: apsw.Connection) -> dict[str, Any]:
-    def one(sql: str) -> Any:
-        return conn.execute(sql).fetchall()[0][0]
-
-    sync = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-    return {
-        "journal_mode": one("PRAGMA journal_mode"),
-        "synchronous": sync.get(one("PRAGMA synchronous"), "?"),
-        "busy_timeout": one("PRAGMA busy_timeout"),
-    }
 
 
 def _check_text(name: str, value: object, *, optional: bool = False) -> None:
