@@ -48,6 +48,9 @@ class SiteInfo:
     extension_configs: Mapping[str, Any]
     page_urls: Mapping[str, str]  # src_uri -> url of every documentation page, for links inside policies
     history_paths: tuple[str, ...]  # absolute paths whose git history to read (every documentation page)
+    # Known before any page is read, so the worker can render its pages early (Finish repeats them).
+    feed_url: str | None = None
+    build_date: dt.date | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -27,6 +28,8 @@ from .timeline import PastVersion, build_timeline
 from .versions import policy_version
 
 TEMPLATES = Path(__file__).parent / "templates"
+# Stands in for the banner when pages are rendered before it is known; a NUL never occurs in our HTML.
+_BANNER_GAP = "\x00policy-banner\x00"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class _Prepared:
     versions: tuple[PastVersion, ...]
     bodies: list[Markup]
     outcome: PolicyOutcome
+    rendered: list[tuple[bytes, bytes]] = field(default_factory=list)  # each page's HTML before and after the banner
 
 
 def _environment() -> jinja2.Environment:
@@ -113,14 +117,36 @@ class HistorySite:
             policy.policy_id, policy.display_path, tuple(v.entry() for v in timeline.versions), tuple(change_versions),
             timeline.unrecorded_diff,
         )
-        self._prepared.append(_Prepared(policy, changes, timeline.versions, [Markup(b) for b in bodies], outcome))
+        prepared = _Prepared(policy, changes, timeline.versions, [Markup(b) for b in bodies], outcome)
+        self._prerender(prepared)
+        self._prepared.append(prepared)
+        # Make the folders now, while MkDocs still reads pages: on a busy disk each mkdir can wait on the
+        # journal, and in finish() that wait would be at the end of the build (MkDocs cleaned site_dir already).
+        for url in (changes_url(policy.url), *(v.url for v in timeline.versions)):
+            os.makedirs(os.path.join(self.site.site_dir, url), exist_ok=True)
 
     def finish(self, finish: Finish) -> Outcome:
         """Write every change history page, every version page and the feed; say what each policy's versions are."""
         began = time.perf_counter()
         written = 0
-        for prepared in self._prepared:
-            written += self._write_policy(prepared, finish)
+        # Pages rendered in add() only need their banner put in; any other page is rendered here.
+        early = finish.build_date == self.site.build_date and finish.feed_url == self.site.feed_url
+        banners: dict[str, bytes] = {base: html.encode("utf-8") for base, html in finish.banners.items()}
+        # One writer thread: open() and write() release the GIL, so file-system waits overlap with joining pages.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: list[Future[None]] = []
+            for prepared in self._prepared:
+                for i, (url, template, context) in enumerate(self._pages(prepared, finish.build_date)):
+                    base = _base_url(url)
+                    ready = prepared.rendered[i] if early and banners.get(base) and prepared.rendered else None
+                    if ready is not None:
+                        data = ready[0] + banners[base] + ready[1]
+                    else:
+                        data = self._render(url, template, context, finish.banners.get(base, ""), finish.feed_url, finish.build_date).encode("utf-8")
+                    pending.append(pool.submit(_write_file, os.path.join(self.site.site_dir, url), data))
+                    written += 1
+            for future in pending:
+                future.result()  # raise the first write error, if any
         if finish.feed_url is not None:
             write_feed(self.site, [p.policy for p in self._prepared], finish.build_date, history=True)
         self.timings["write"] += time.perf_counter() - began
@@ -128,35 +154,56 @@ class HistorySite:
         self.timings["worker_cpu"] = time.process_time()  # the worker process's whole CPU time so far
         return Outcome(tuple(p.outcome for p in self._prepared), written, timings=dict(self.timings))
 
-    def _write(self, url: str, template: str, finish: Finish, **context: object) -> None:
-        root = relative_url("", url)
-        html = self._env.get_template(template).render(
-            site=self.site, root=root, banner=Markup(finish.banners.get(_base_url(url), "")),
-            feed_href=None if finish.feed_url is None else root + finish.feed_url, build_date=finish.build_date,
-            **context,
-        )
-        directory = os.path.join(self.site.site_dir, url)
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "index.html"), "wb") as out:
-            out.write(html.encode("utf-8"))
+    def _prerender(self, prepared: _Prepared) -> None:
+        """Render a policy's pages now, while MkDocs still reads pages, leaving a gap for the banner (which
+        needs every policy's records, so it only comes with Finish)."""
+        build_date = self.site.build_date
+        if build_date is None:
+            return
+        for url, template, context in self._pages(prepared, build_date):
+            html = self._render(url, template, context, _BANNER_GAP, self.site.feed_url, build_date)
+            if html.count(_BANNER_GAP) != 1:
+                prepared.rendered = []  # cannot happen with our templates; finish() renders them whole
+                return
+            head, _, tail = html.partition(_BANNER_GAP)
+            prepared.rendered.append((head.encode("utf-8"), tail.encode("utf-8")))
 
-    def _write_policy(self, prepared: _Prepared, finish: Finish) -> int:
+    def _render(self, url: str, template: str, context: dict[str, object], banner: str, feed_url: str | None, build_date: dt.date) -> str:
+        root = relative_url("", url)
+        return self._env.get_template(template).render(
+            site=self.site, root=root, banner=Markup(banner), feed_href=None if feed_url is None else root + feed_url,
+            build_date=build_date, **context,
+        )
+
+    def _pages(self, prepared: _Prepared, build_date: dt.date) -> list[tuple[str, str, dict[str, object]]]:
+        """(url, template, context) of a policy's change history page and of each of its version pages."""
         policy, versions = prepared.policy, prepared.versions
         history = changes_url(policy.url)
-        self._write(
-            history, "changes.html", finish, policy=policy, changes=prepared.changes, versions=versions,
-            changes_url=history, title=f"{policy.title}: change history",
+        pages: list[tuple[str, str, dict[str, object]]] = [(history, "changes.html", dict(
+            policy=policy, changes=prepared.changes, versions=versions, changes_url=history,
+            title=f"{policy.title}: change history",
             description=f"Every change to the {policy.title}, newest first, with the words removed and added.",
-        )
+        ))]
         for i, (version, body) in enumerate(zip(versions, prepared.bodies)):
-            status, notice = _status(version, versions[i - 1] if i else None, finish.build_date)
+            status, notice = _status(version, versions[i - 1] if i else None, build_date)
             when = human_date(version.effective)
-            self._write(
-                version.url, "version.html", finish, policy=policy, version=version, body=body, status=status,
-                notice=notice, has_h1="<h1" in body, changes_url=history, title=f"{policy.title}, version of {when}",
+            pages.append((version.url, "version.html", dict(
+                policy=policy, version=version, body=body, status=status, notice=notice, has_h1="<h1" in body,
+                changes_url=history, title=f"{policy.title}, version of {when}",
                 description=f"The {policy.title} as in force from {when}. {status}.",
-            )
-        return 1 + len(versions)
+            )))
+        return pages
+
+
+def _write_file(directory: str, data: bytes) -> None:
+    path = os.path.join(directory, "index.html")
+    try:
+        out = open(path, "wb")  # noqa: SIM115 - the folder is usually there already (made in add())
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        out = open(path, "wb")  # noqa: SIM115
+    with out:
+        out.write(data)
 
 
 def _status(version: PastVersion, newer: PastVersion | None, today: dt.date) -> tuple[str, str]:

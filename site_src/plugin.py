@@ -127,6 +127,10 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             return files
         files.append(File.generated(config, HISTORY_CSS, content=REDLINE_CSS + HERE.joinpath("assets", "history.css").read_text()))
         pages = files.documentation_pages()
+        try:  # known now, so the worker can render its pages while MkDocs reads them (on_env checks it again)
+            today = build_date(os.environ.get("SOURCE_DATE_EPOCH"))
+        except BuildDateError as e:
+            raise PluginError(str(e)) from None
         self._site = SiteInfo(
             site_name=config.site_name,
             site_url=config.site_url,
@@ -141,6 +145,8 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             extension_configs=dict(config.mdx_configs),
             page_urls={f.src_uri: f.url for f in pages},
             history_paths=tuple(f.abs_src_path for f in pages if f.abs_src_path is not None),
+            feed_url=self.feed_url,
+            build_date=today,
         )
         self._worker.send(self._site)
         return files
