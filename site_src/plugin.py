@@ -155,7 +155,8 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         """Validate the page's change records and remember policy pages with the version of their text."""
         path = _display_path(page, config)
         # Parse the source ourselves: MkDocs silently drops front matter that YAML cannot parse (2026-13-01).
-        meta_text, body = split_front_matter(page.file.content_string)
+        source = page.file.content_string  # reads the file on every access: once here
+        meta_text, body = split_front_matter(source)
         try:
             meta = parse_policy_meta(load_meta(meta_text, path), path)
         except RecordError as e:
@@ -163,7 +164,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         if page.meta.get("template") == FORM_TEMPLATE:
             self._form_pages.append(path)
         if meta is not None:
-            self._pages.append(_PolicyPage(page, path, meta, policy_version(body), page.file.content_string))
+            self._pages.append(_PolicyPage(page, path, meta, policy_version(body), source))
         return markdown
 
     def on_page_content(self, html: str, *, page: Page, config: MkDocsConfig, files: Files) -> str:
