@@ -15,6 +15,7 @@ from markupsafe import escape
 from starlette.responses import HTMLResponse
 
 from .manifest import PolicyEntry
+from .submissions import is_site_path
 
 API_ROOT = "/api"
 STYLESHEET = Path(__file__).parent / "pages" / "pages.css"
@@ -154,7 +155,7 @@ LEADS = {
 
 def error_page(status: int, errors: dict[str, str], *, site_url: str, back_path: str = "") -> HTMLResponse:
     """A refusal as a page: the status, each offending field with its sentence, and a link back."""
-    back_ok = back_path.startswith("/") and not back_path.startswith("//") and "\\" not in back_path
+    back_ok = is_site_path(back_path)
     return _page(
         "error.html", status, site_url,
         title="Not sent" if status != 404 else "Receipt not found",

@@ -109,6 +109,11 @@ def _email(raw: Any, errors: dict[str, str]) -> str | None:
     return text
 
 
+def is_site_path(text: str) -> bool:
+    """A path on this site: "//host" or a backslash would make a link built from it lead to another site."""
+    return text.startswith("/") and not text.startswith("//") and "\\" not in text and " " not in text
+
+
 def _page(raw: Any, errors: dict[str, str]) -> str:
     text = _text("page", raw, errors) if raw is not None else ""
     # Keep only the path: the page is stored in the chained entry, which erasure cannot touch, and a query
@@ -118,8 +123,7 @@ def _page(raw: Any, errors: dict[str, str]) -> str:
         return ""
     if len(text) > PAGE_MAX:
         errors["page"] = f"page is longer than {PAGE_MAX} characters; send the path only."
-    # A path on this site only: "//host" or "\" would make the link back lead elsewhere.
-    elif not text.startswith("/") or text.startswith("//") or "\\" in text or " " in text:
+    elif not is_site_path(text):
         errors["page"] = "page must be a path on this site starting with '/', such as /feedback/."
     return text
 
