@@ -180,19 +180,41 @@ def time_core(root: Path) -> None:
     print(f"redline_html: {len(pairs)} redlines in {done - tied:.2f} s")
 
 
-def build(root: Path, variant: str, epoch: int) -> tuple[float, float]:
-    """Build one variant; return (wall seconds, CPU seconds of mkdocs and the git processes it waited for)."""
+def build(root: Path, variant: str, epoch: int, out: str) -> tuple[float, float]:
+    """Build one variant into the folder `out`; return (wall seconds, CPU seconds of mkdocs and the git
+    processes it waited for)."""
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), NO_MKDOCS_2_WARNING="1")
-    args = [sys.executable, "-m", "mkdocs", "build", "-q", "-f", f"mkdocs-{variant}.yml", "-d", f"site-{variant}"]
-    # CI builds into an empty folder: remove the last build first, outside the timing (the policy variant's
-    # 4,000 extra pages would otherwise make MkDocs' own clean-up of site/ part of the plugin's cost).
-    shutil.rmtree(root / f"site-{variant}", ignore_errors=True)
+    args = [sys.executable, "-m", "mkdocs", "build", "-q", "-f", f"mkdocs-{variant}.yml", "-d", out]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     subprocess.run(args, cwd=root, env=env, check=True)
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+class Outputs:
+    """Where each build writes. CI builds once, into a folder that does not exist yet, on a disk where nothing
+    was just deleted: by default every build gets a fresh folder and all are removed at the end. With
+    ``clean_before`` each variant reuses one folder, emptied (outside the timing) before each build, as a
+    writer's repeated local builds do: on ext4 the inodes of thousands of just-deleted files make new files
+    slower to create for a few minutes (bench/README.md), which then weighs on the variant that writes more."""
+
+    def __init__(self, root: Path, clean_before: bool) -> None:
+        self.root = root
+        self.clean_before = clean_before
+        self.made: list[Path] = []
+
+    def next(self, variant: str) -> str:
+        name = f"site-{variant}" if self.clean_before else f"site-{variant}-{len(self.made)}"
+        path = self.root / name
+        shutil.rmtree(path, ignore_errors=True)
+        self.made.append(path)
+        return name
+
+    def remove(self) -> None:
+        for path in self.made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _summary(name: str, times: list[float]) -> str:
@@ -213,6 +235,8 @@ def main() -> int:
     parser.add_argument("--max-overhead", type=float, default=15.0, help="percent; exit 1 above it")
     parser.add_argument("--dir", type=Path, help="generate here (must not exist) and keep it")
     parser.add_argument("--history-only", action="store_true", help="time the history reader and core alone, no builds")
+    parser.add_argument("--clean-before", action="store_true",
+                        help="reuse one output folder per variant, emptied before each build (see Outputs)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         root = options.dir or Path(tmp) / "site"
@@ -222,15 +246,20 @@ def main() -> int:
         time_core(root)
         if options.history_only:
             return 0
+        outputs = Outputs(root, options.clean_before)
         for variant in ("plain", "policy"):
-            build(root, variant, epoch)  # warm-up: file cache, .pyc files
+            build(root, variant, epoch, outputs.next(variant))  # warm-up: file cache, .pyc files
         wall: dict[str, list[float]] = {"plain": [], "policy": []}
         cpu: dict[str, list[float]] = {"plain": [], "policy": []}
-        for _ in range(options.runs):
-            for variant in wall:
-                seconds, cpu_seconds = build(root, variant, epoch)
-                wall[variant].append(seconds)
-                cpu[variant].append(cpu_seconds)
+        try:
+            for _ in range(options.runs):
+                for variant in wall:
+                    seconds, cpu_seconds = build(root, variant, epoch, outputs.next(variant))
+                    wall[variant].append(seconds)
+                    cpu[variant].append(cpu_seconds)
+        finally:
+            outputs.remove()
+        print(f"output folders: {'one per variant, emptied before each build' if options.clean_before else 'a fresh one per build, removed at the end'}")
         for label, times in (("wall clock", wall), ("CPU (user+sys)", cpu)):
             print(f"{label}, {options.runs} alternating runs each:")
             print(_summary("plain", times["plain"]))
