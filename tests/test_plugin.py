@@ -138,6 +138,8 @@ def test_banner_window_edges(tmp_path: Path, day: str, announced: bool) -> None:
 MALFORMED = {
     "bad-date": ("docs/terms.md", "date: 2026-11-10", "date: 10/11/2026", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '10/11/2026'."),
     "impossible-date": ("docs/terms.md", "date: 2026-11-10", "date: 2026-13-01", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '2026-13-01'."),
+    "date-with-time": ("docs/terms.md", "date: 2026-11-10", "date: 2026-11-10 09:30:00", "docs/terms.md: changes[0].date must be YYYY-MM-DD without a time"),
+    "yaml-syntax": ("docs/terms.md", "policy_id: terms", "policy_id: [terms", "docs/terms.md: the front matter is not valid YAML at line"),
     "missing-summary": ("docs/terms.md", "summary: Explained how long feedback is kept.", "material: true", "docs/terms.md: changes[0].summary must be"),
     "unknown-key": ("docs/terms.md", "summary:", "sumary:", "docs/terms.md: changes[0].sumary is not a known field"),
     "effective-before-date": ("docs/privacy.md", "effective: 2026-12-20", "effective: 2026-11-19", "docs/privacy.md: changes[1].effective (2026-11-19) is before its date"),

@@ -81,3 +81,12 @@ def test_dump_manifest_is_stable_sorted_json_with_trailing_newline() -> None:
     assert text.endswith("}\n") and "confidentialité" in text
     assert text == dump_manifest(json.loads(text))
     assert text.index('"changes"') < text.index('"id"') < text.index('"versions"')
+
+
+def test_dump_manifest_puts_one_policy_on_each_line() -> None:
+    policies = [Policy(i, i.title(), f"{i}/", "a" * 64, (RECORD,)) for i in ("privacy", "cookies")]
+    text = dump_manifest(build_manifest(policies))
+    assert json.loads(text) == build_manifest(policies)
+    lines = text.splitlines()
+    assert [json.loads(line.rstrip(","))["id"] for line in lines[2:-2]] == ["cookies", "privacy"]
+    assert json.loads(dump_manifest(build_manifest([]))) == {"policies": []}
