@@ -20,6 +20,7 @@ Segment = tuple[str, str]  # (op, text); op is "equal", "delete" or "insert"
 
 _TOKEN_RE = re.compile(r"\w+(?:['’.\-]\w+)*|\s+|[^\w\s]")
 _ITEM_RE = re.compile(r"^\s{0,3}(?:[-*+]|\d+[.)])\s+")
+_RULE_RE = re.compile(r"[-*_=\s]{3,}|\|?[\s:|-]+\|?")  # a thematic break, a setext underline, a table rule
 # (a character the syntax needs, pattern, replacement): the check skips a regex that cannot match.
 _INLINE = [
     ("[", re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),  # links and images: keep the words
@@ -71,7 +72,7 @@ def _plain_blocks(markdown: str) -> tuple[tuple[str, str], ...]:
     blocks: list[tuple[str, list[str]]] = []
     for line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         stripped = line.strip().lstrip(">").strip()
-        if not stripped or re.fullmatch(r"[-*_=\s]{3,}|\|?[\s:|-]+\|?", stripped):
+        if not stripped or _RULE_RE.fullmatch(stripped):
             blocks.append(("", []))  # a blank line or a rule ends the block
         elif stripped.startswith("#"):
             blocks.append(("heading", [stripped.lstrip("#")]))
@@ -129,11 +130,12 @@ def word_diff(old: str, new: str) -> list[Segment]:
 def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
     """SequenceMatcher opcodes, with the common head and tail cut off first: an edit to one sentence then
     costs a diff of that sentence, not of the paragraph."""
+    shorter = min(len(a), len(b))
     head = 0
-    while head < min(len(a), len(b)) and a[head] == b[head]:
+    while head < shorter and a[head] == b[head]:
         head += 1
     tail = 0
-    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+    while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
     ops = [("equal", 0, head, 0, head)] if head else []
     # Spaces are half of all tokens: as junk they only extend matches, which keeps long paragraphs fast.
@@ -190,6 +192,17 @@ def _segment_html(op: str, text: str) -> str:
 
 
 def _block_html(block: Block) -> str:
+    if not block.changed:
+        return _unchanged_html(block.kind, "".join(text for _, text in block.segments))
+    return _changed_html(block)
+
+
+@lru_cache(maxsize=16384)  # an unchanged paragraph recurs in every redline of its policy
+def _unchanged_html(kind: str, text: str) -> str:
+    return _changed_html(Block(kind, (("equal", text),)))
+
+
+def _changed_html(block: Block) -> str:
     inner = "".join(_segment_html(op, text) for op, text in block.segments)
     if block.kind == "heading":
         return f'<p class="redline-heading"><strong>{inner}</strong></p>'
