@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import posixpath
 import time
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -292,7 +293,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         return None
 
 
-def _front_matter(parsed: dict[str, Any], meta_text: str | None, path: str) -> dict[str, Any]:
+def _front_matter(parsed: MutableMapping[str, Any], meta_text: str | None, path: str) -> Mapping[str, Any]:
     """The page's YAML front matter as a dict, from MkDocs' parse when it has one.
 
     MkDocs reads the same block by the same rule with the same libyaml loader, so parsing it again would only
