@@ -11,7 +11,6 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +47,17 @@ class _Prepared:
     versions: tuple[PastVersion, ...]
     bodies: list[Markup]
     outcome: PolicyOutcome
-    rendered: list[tuple[bytes, bytes]] = field(default_factory=list)  # each page's HTML before and after the banner
+    rendered: list[_Rendered] = field(default_factory=list)  # every page of the policy, banner left out
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """A page rendered before the banner was known: its HTML before and after the banner."""
+
+    url: str
+    base: str  # the page's relative base URL, which picks the banner
+    head: bytes
+    tail: bytes
 
 
 def _environment() -> jinja2.Environment:
@@ -83,7 +92,9 @@ class HistorySite:
         self._prepared: list[_Prepared] = []
         self._renderer = VersionRenderer(site.extensions, site.extension_configs, site.page_urls)
         self._env = _environment()
-        self.timings: dict[str, float] = {"history": 0.0, "timeline": 0.0, "redline": 0.0, "markdown": 0.0, "write": 0.0}
+        self.timings: dict[str, float] = {
+            "history": 0.0, "timeline": 0.0, "redline": 0.0, "markdown": 0.0, "render": 0.0, "write": 0.0
+        }
 
     def add(self, policy: PolicySource) -> None:
         """Work out one policy's timeline, redlines and version HTML (the CPU-heavy part)."""
@@ -118,7 +129,9 @@ class HistorySite:
             timeline.unrecorded_diff,
         )
         prepared = _Prepared(policy, changes, timeline.versions, [Markup(b) for b in bodies], outcome)
+        converted = time.perf_counter()
         self._prerender(prepared)
+        self.timings["render"] += time.perf_counter() - converted
         self._prepared.append(prepared)
         # Make the folders now, while MkDocs still reads pages: on a busy disk each mkdir can wait on the
         # journal, and in finish() that wait would be at the end of the build (MkDocs cleaned site_dir already).
@@ -132,21 +145,17 @@ class HistorySite:
         # Pages rendered in add() only need their banner put in; any other page is rendered here.
         early = finish.build_date == self.site.build_date and finish.feed_url == self.site.feed_url
         banners: dict[str, bytes] = {base: html.encode("utf-8") for base, html in finish.banners.items()}
-        # One writer thread: open() and write() release the GIL, so file-system waits overlap with joining pages.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: list[Future[None]] = []
-            for prepared in self._prepared:
-                for i, (url, template, context) in enumerate(self._pages(prepared, finish.build_date)):
-                    base = _base_url(url)
-                    ready = prepared.rendered[i] if early and banners.get(base) and prepared.rendered else None
-                    if ready is not None:
-                        data = ready[0] + banners[base] + ready[1]
-                    else:
-                        data = self._render(url, template, context, finish.banners.get(base, ""), finish.feed_url, finish.build_date).encode("utf-8")
-                    pending.append(pool.submit(_write_file, os.path.join(self.site.site_dir, url), data))
+        for prepared in self._prepared:
+            # The gap holds a whole <aside>: with no change to announce (an empty banner) the page is rendered again.
+            if early and prepared.rendered and all(banners.get(page.base) for page in prepared.rendered):
+                for page in prepared.rendered:
+                    _write_file(os.path.join(self.site.site_dir, page.url), page.head, banners[page.base], page.tail)
                     written += 1
-            for future in pending:
-                future.result()  # raise the first write error, if any
+                continue
+            for url, template, context in self._pages(prepared, finish.build_date):
+                html = self._render(url, template, context, finish.banners.get(_base_url(url), ""), finish.feed_url, finish.build_date)
+                _write_file(os.path.join(self.site.site_dir, url), html.encode("utf-8"))
+                written += 1
         if finish.feed_url is not None:
             write_feed(self.site, [p.policy for p in self._prepared], finish.build_date, history=True)
         self.timings["write"] += time.perf_counter() - began
@@ -166,7 +175,7 @@ class HistorySite:
                 prepared.rendered = []  # cannot happen with our templates; finish() renders them whole
                 return
             head, _, tail = html.partition(_BANNER_GAP)
-            prepared.rendered.append((head.encode("utf-8"), tail.encode("utf-8")))
+            prepared.rendered.append(_Rendered(url, _base_url(url), head.encode("utf-8"), tail.encode("utf-8")))
 
     def _render(self, url: str, template: str, context: dict[str, object], banner: str, feed_url: str | None, build_date: dt.date) -> str:
         root = relative_url("", url)
@@ -195,7 +204,8 @@ class HistorySite:
         return pages
 
 
-def _write_file(directory: str, data: bytes) -> None:
+def _write_file(directory: str, *parts: bytes) -> None:
+    """Write ``directory``/index.html from its parts (no joined copy of each 30 KB page)."""
     path = os.path.join(directory, "index.html")
     try:
         out = open(path, "wb")  # noqa: SIM115 - the folder is usually there already (made in add())
@@ -203,7 +213,8 @@ def _write_file(directory: str, data: bytes) -> None:
         os.makedirs(directory, exist_ok=True)
         out = open(path, "wb")  # noqa: SIM115
     with out:
-        out.write(data)
+        for part in parts:
+            out.write(part)
 
 
 def _status(version: PastVersion, newer: PastVersion | None, today: dt.date) -> tuple[str, str]:

@@ -66,9 +66,9 @@ def make_repo(root: Path) -> GitRepo:
     return repo
 
 
-def build(project: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    """`mkdocs build --strict` in a fresh process on BUILD_DAY, INFO messages kept."""
-    day = dt.datetime.fromisoformat(BUILD_DAY).replace(tzinfo=dt.timezone.utc)
+def build(project: Path, out: Path, on: str = BUILD_DAY) -> subprocess.CompletedProcess[str]:
+    """`mkdocs build --strict` in a fresh process on the day `on`, INFO messages kept."""
+    day = dt.datetime.fromisoformat(on).replace(tzinfo=dt.timezone.utc)
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(day.timestamp())), "NO_MKDOCS_2_WARNING": "1"}
     # The console script, not `python -m`: a clone of this project holds its own site_src, which `-m` would import.
     mkdocs = str(Path(sys.executable).parent / "mkdocs")
@@ -161,6 +161,19 @@ def test_renamed_file_keeps_its_history(site: Path) -> None:
     assert texts(section(html, "change-2026-11-20"), "ins") == ["added: for one year"]
     old = (site / "terms" / "versions" / "2026-01-10" / "index.html").read_text(encoding="utf-8")
     assert "Feedback is kept." in old and "Superseded" in old
+
+
+def test_history_pages_carry_no_banner_once_no_change_is_active(repo: GitRepo, tmp_path: Path) -> None:
+    # The worker renders its pages early with a gap for the banner; with nothing to announce the gap must not
+    # leave an empty announcement bar behind.
+    result = build(repo.root, tmp_path / "site", on="2027-03-01")
+    assert result.returncode == 0, result.stderr
+    pages = sorted((tmp_path / "site").glob("*/*/**/index.html"))
+    assert {p.relative_to(tmp_path / "site").parts[1] for p in pages} == {"changes", "versions"}
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert "md-banner" not in html and "data-policy-banner" not in html and "\x00" not in html, page
+        assert "<main" in html and "</html>" in html
 
 
 def test_banner_what_changed_link_points_to_the_change_page(site: Path) -> None:
