@@ -21,7 +21,7 @@ from .banner import human_date
 from .feed import FEED_NAME, FeedPolicy, build_feed, change_anchor, day_indexes
 from .history import FileHistory
 from .history_job import Finish, Outcome, PolicyOutcome, PolicySource, SiteInfo, changes_url, history_base
-from .markdown_render import VersionRenderer, relative_url
+from .markdown_render import VersionRenderer, site_root
 from .redline import redline_html
 from .timeline import PastVersion, build_timeline
 from .versions import policy_version
@@ -71,7 +71,7 @@ def _environment() -> jinja2.Environment:
 
 def _base_url(page_url: str) -> str:
     """MkDocs' base_url for a page at ``page_url``: ``../..`` for ``privacy/changes/``."""
-    return relative_url("", page_url).rstrip("/") or "."
+    return site_root(page_url).rstrip("/") or "."
 
 
 def banner_bases(policy_urls: list[str]) -> set[str]:
@@ -178,7 +178,7 @@ class HistorySite:
             prepared.rendered.append(_Rendered(url, _base_url(url), head.encode("utf-8"), tail.encode("utf-8")))
 
     def _render(self, url: str, template: str, context: dict[str, object], banner: str, feed_url: str | None, build_date: dt.date) -> str:
-        root = relative_url("", url)
+        root = site_root(url)
         return self._env.get_template(template).render(
             site=self.site, root=root, banner=Markup(banner), feed_href=None if feed_url is None else root + feed_url,
             build_date=build_date, **context,

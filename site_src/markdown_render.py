@@ -50,6 +50,12 @@ def relative_url(target: str, page_url: str) -> str:
     return "./" if rel in (".", "./") else rel
 
 
+def site_root(page_url: str) -> str:
+    """``relative_url("", page_url)`` for a URL as MkDocs makes them (no leading slash, no dot segments), by
+    counting folders: it is computed for each of thousands of generated pages."""
+    return "../" * page_url.count("/") or "./"
+
+
 class _Links(Treeprocessor):  # type: ignore[misc]
     """Rewrite relative links of a policy's source (``cookies.md#x``) into links from the generated page."""
 

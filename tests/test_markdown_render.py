@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import markdown
+import pytest
 
-from site_src.markdown_render import VersionRenderer, blocks, relative_url
+from site_src.markdown_render import VersionRenderer, blocks, relative_url, site_root
 
 EXTENSIONS = ["toc", "tables", "fenced_code", "attr_list", "md_in_html"]
 CONFIGS = {"toc": {"permalink": True}}
@@ -68,3 +69,8 @@ def test_blocks_refuses_text_a_cut_could_change() -> None:
     assert blocks("See [a][1].\n\n[1]: https://x.org/\n") is None
     assert blocks("- a\n\n- b\n\nPara\n") == ["- a\n\n- b", "Para"]
     assert relative_url("", "privacy/changes/") == "../../" and relative_url("privacy/", "privacy/") == "./"
+
+
+@pytest.mark.parametrize("url", ["", "privacy/", "privacy/changes/", "a/b/versions/2026-01-10/", "terms.html", "a/terms.html"])
+def test_site_root_is_relative_url_to_the_root(url: str) -> None:
+    assert site_root(url) == relative_url("", url)
