@@ -265,6 +265,10 @@ def main() -> int:
             print(_summary("plain", times["plain"]))
             print(_summary("policy", times["policy"]))
             print(f"overhead of the policy plugin: {_overhead(times):+.1f}% (bound {options.max_overhead:.0f}%)")
+            # Each policy build against the plain build just before it: this machine's speed drifts over minutes,
+            # and a pair shares the drift.
+            pairs = [100 * (b / a - 1) for a, b in zip(times["plain"], times["policy"])]
+            print(f"  pair by pair: median {statistics.median(pairs):+.1f}%, min {min(pairs):+.1f}%, max {max(pairs):+.1f}%")
         load = os.getloadavg()
         print(f"load average after the runs: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
         # Wall clock decides: the bound is about how long a build takes. Alternating runs share the machine's load.
