@@ -4,9 +4,10 @@ A site of 500 policies has ~3,600 past versions, and python-markdown takes ~3-4 
 slow for the build's budget. Versions of one policy share all but a paragraph or two, so a policy's versions
 are cut into blocks (at blank lines), every distinct block of every version is converted in ONE Markdown run
 (blocks separated by an HTML comment that the converter passes through), and each version is put together
-from its blocks. Text the cut could change (fenced code, reference links, footnotes, raw HTML, indented
-blocks), or a joined result with a duplicate id, is converted whole instead, so the output is always what a
-whole conversion gives.
+from its blocks; a block no page could change (no link, image or raw HTML: a heading, a recurring clause) is
+converted once per build for every policy. Text the cut could change (fenced code, reference links,
+footnotes, raw HTML, indented blocks), or a joined result with a duplicate id, is converted whole instead, so
+the output is always what a whole conversion gives.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ class VersionRenderer:
         self._prose_fast = names <= _PROSE_SAFE
         self._links = _LinksExtension(page_urls)
         self._md = markdown.Markdown(extensions=[*extensions, self._links], extension_configs=dict(configs))
+        # HTML of blocks no page could change (no link, image or raw HTML), kept for every later policy: headings
+        # and boilerplate clauses recur across a site's policies.
+        self._shared: dict[str, str] = {}
         self.conversions = 0  # Markdown runs, for the bench
 
     def _convert(self, text: str) -> str:
@@ -140,12 +144,16 @@ class VersionRenderer:
         for block in dict.fromkeys(b for parts in cut if parts is not None for b in parts):
             if self._prose_fast and _prose(block):
                 html[block] = f"<p>{block}</p>"
+            elif block in self._shared:
+                html[block] = self._shared[block]
             else:
                 distinct.append(block)
         if distinct:
             pieces = self._convert(f"\n\n{_MARK}\n\n".join(distinct)).split(_MARK)
             if len(pieces) == len(distinct):
-                html.update((block, piece.strip("\n")) for block, piece in zip(distinct, pieces))
+                converted = {block: piece.strip("\n") for block, piece in zip(distinct, pieces)}
+                html.update(converted)
+                self._shared.update((b, h) for b, h in converted.items() if "[" not in b and "<" not in b)
             else:
                 html = {}
         ids = {block: _ID.findall(piece) if "id=" in piece else [] for block, piece in html.items()}

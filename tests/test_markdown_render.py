@@ -45,6 +45,20 @@ def test_versions_render_exactly_as_a_whole_conversion() -> None:
     assert renderer.conversions == 2  # one run for every block of every version, one whole text (a repeated heading)
 
 
+def test_blocks_no_page_can_change_are_converted_once_for_every_policy() -> None:
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {"cookies.md": "cookies/"})
+    first = renderer.render([BODY], src_uri="privacy.md", page_url="privacy/versions/2026-01-10/")
+    # The same headings and table on another policy, one level deeper: reused; the link is converted again.
+    other = BODY.replace("# Privacy Policy", "# Cookie Policy")
+    second = renderer.render([other], src_uri="cookie.md", page_url="a/cookie/versions/2026-01-10/")
+    assert renderer.conversions == 2
+    assert 'href="../../../cookies/#kept"' in first[0] and 'href="../../../../cookies/#kept"' in second[0]
+    assert second == [whole(other).replace('href="cookies.md#kept"', 'href="../../../../cookies/#kept"')]
+    # A heading that only the whole text would number (contact_1) is never reused into another text.
+    clash = renderer.render(["## Contact\n\nText.\n\n## Contact {#contact}\n"], src_uri="c.md", page_url="c/")
+    assert clash == [whole("## Contact\n\nText.\n\n## Contact {#contact}\n")]
+
+
 def test_plain_prose_skips_python_markdown_but_not_syntax() -> None:
     renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
     assert renderer.render(["Plain words, only.\nSecond line."], src_uri="p.md", page_url="p/") == ["<p>Plain words, only.\nSecond line.</p>"]
