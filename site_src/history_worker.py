@@ -25,7 +25,6 @@ from typing import IO, Any
 from .history_job import Finish, Outcome, PolicySource, SiteInfo
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
-_NICENESS = 10  # bench/README.md: 4 alternating builds each, median 8.45 s at 10 vs 8.75 s at 0 (plain 7.62 s)
 
 
 class HistoryWorker:
@@ -137,10 +136,6 @@ def main() -> int:
     # Anything a library prints must not corrupt the pickle on stdout: keep the real stdout aside.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    # The worker's pages are needed only at the end of the build; MkDocs' own work is the build's critical path.
-    # With two cores and three busy threads (MkDocs, the worker, its writer thread or git), let MkDocs win.
-    if hasattr(os, "nice"):
-        os.nice(_NICENESS)
     return serve(Path(sys.argv[1]), sys.stdin.buffer, out)
 
 
