@@ -13,7 +13,7 @@ import datetime as dt
 import os
 import posixpath
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -160,7 +160,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         source = page.file.content_string  # reads the file on every access: once here
         meta_text, body = split_front_matter(source)
         try:
-            meta = parse_policy_meta(_front_matter(page.meta, meta_text, path), path)
+            meta = parse_policy_meta(_front_matter(page.meta, markdown, meta_text, path), path)
         except RecordError as e:
             raise PluginError(str(e)) from None
         if page.meta.get("template") == FORM_TEMPLATE:
@@ -293,16 +293,49 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         return None
 
 
-def _front_matter(parsed: MutableMapping[str, Any], meta_text: str | None, path: str) -> Mapping[str, Any]:
-    """The page's YAML front matter as a dict, from MkDocs' parse when it has one.
+def _front_matter(parsed: Mapping[str, Any], markdown: str, meta_text: str | None, path: str) -> Mapping[str, Any]:
+    """The page's YAML front matter as a dict, from MkDocs' parse when it reads as ours would.
 
-    MkDocs reads the same block by the same rule with the same libyaml loader, so parsing it again would only
-    double the cost (0.27 s for 500 pages). But MkDocs silently drops a block YAML cannot read (an impossible
-    date such as 2026-13-01, a syntax error) and leaves meta empty: then our loader reads it again, to fail the
-    build with the line at fault instead of losing the records without a word."""
+    MkDocs parses the same block by the same rule with libyaml too, so parsing it again would double the cost
+    (0.27 s for 500 pages). Ours is used when MkDocs dropped the block (an impossible date such as 2026-13-01, a
+    syntax error: MkDocs then leaves the block at the top of the page's Markdown, and meta empty unless another
+    plugin filled it), so that the build fails naming the line instead of losing the records without a word,
+    and when the parses could differ (see _reads_as_ours)."""
     if meta_text is None:
         return {}  # no YAML block (MkDocs' MultiMarkdown-style meta is not front matter for policies)
-    return parsed if parsed else load_meta(meta_text, path)
+    if not parsed or markdown.startswith("---") or not _reads_as_ours(parsed):
+        return load_meta(meta_text, path)
+    return parsed
+
+
+def _reads_as_ours(meta: Mapping[str, Any]) -> bool:
+    """True when MkDocs' parse of the fields we read equals ours. The loaders differ in one thing: MkDocs' turns
+    a timestamp into a date (or datetime), ours keeps the text. The results agree for a record's date and
+    effective written YYYY-MM-DD, and anywhere else a date means the parses differ."""
+    if _holds_date(meta.get("policy_id")):
+        return False
+    changes = meta.get("changes")
+    if not isinstance(changes, list):
+        return not _holds_date(changes)
+    for record in changes:
+        if not isinstance(record, dict):
+            if _holds_date(record):
+                return False
+            continue
+        for key, value in record.items():
+            if _holds_date(key) or (_holds_date(value) and not (key in ("date", "effective") and type(value) is dt.date)):
+                return False
+    return True
+
+
+def _holds_date(value: Any) -> bool:
+    if isinstance(value, dt.date):  # datetime too
+        return True
+    if isinstance(value, dict):
+        return any(_holds_date(k) or _holds_date(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_date(v) for v in value)
+    return False
 
 
 def _display_path(page: Page, config: MkDocsConfig) -> str:
@@ -310,13 +343,14 @@ def _display_path(page: Page, config: MkDocsConfig) -> str:
     if page.file.abs_src_path is None:
         return page.file.src_uri
     folder, name = os.path.split(page.file.abs_src_path)
-    return posixpath.join(_relative_folder(folder, os.path.dirname(config.config_file_path or "mkdocs.yml")), name)
+    root = os.path.dirname(os.path.abspath(config.config_file_path or "mkdocs.yml"))
+    return posixpath.normpath(posixpath.join(_relative_folder(folder, root), name))
 
 
 @lru_cache(maxsize=256)
 def _relative_folder(folder: str, root: str) -> str:
-    # Cached per folder: os.path.relpath makes both paths absolute (a getcwd each), for every page.
-    return Path(os.path.relpath(folder, root or ".")).as_posix()
+    # Cached per folder: os.path.relpath makes both paths absolute and splits them, for every page.
+    return Path(os.path.relpath(folder, root)).as_posix()
 
 
 def _title(page: Page) -> str:

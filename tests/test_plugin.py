@@ -14,7 +14,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
+from site_src.plugin import _front_matter
+from site_src.records import RecordError
 from site_src.versions import source_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +141,7 @@ def test_banner_window_edges(tmp_path: Path, day: str, announced: bool) -> None:
 MALFORMED = {
     "bad-date": ("docs/terms.md", "date: 2026-11-10", "date: 10/11/2026", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '10/11/2026'."),
     "impossible-date": ("docs/terms.md", "date: 2026-11-10", "date: 2026-13-01", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '2026-13-01'."),
-    "date-with-time": ("docs/terms.md", "date: 2026-11-10", "date: 2026-11-10 09:30:00", "docs/terms.md: changes[0].date must be YYYY-MM-DD without a time"),
+    "date-with-time": ("docs/terms.md", "date: 2026-11-10", "date: 2026-11-10 09:30:00", "docs/terms.md: changes[0].date must be YYYY-MM-DD, got '2026-11-10 09:30:00'."),
     "yaml-syntax": ("docs/terms.md", "policy_id: terms", "policy_id: [terms", "docs/terms.md: the front matter is not valid YAML at line"),
     "missing-summary": ("docs/terms.md", "summary: Explained how long feedback is kept.", "material: true", "docs/terms.md: changes[0].summary must be"),
     "unknown-key": ("docs/terms.md", "summary:", "sumary:", "docs/terms.md: changes[0].sumary is not a known field"),
@@ -294,3 +297,17 @@ def test_writer_text_is_escaped_in_the_banner_feed_link_and_feedback_form(tmp_pa
     assert 'title="Ex &amp; &lt;s&gt;: policy changes"' in html
     note = re.search(r'<p class="feedback-form__consent-note">.*?</p>', html, re.DOTALL)
     assert note and "Privacy &amp; &lt;i&gt;data&lt;/i&gt;</a>" in note.group(0)
+
+
+def test_front_matter_reuses_mkdocs_parse_only_where_it_reads_as_ours() -> None:
+    text = "policy_id: privacy\nchanges:\n  - date: 2026-11-20\n    summary: Named the partners.\n"
+    mkdocs_meta = yaml.load(text, Loader=yaml.SafeLoader)  # what MkDocs gives: dates as date objects
+    assert _front_matter(mkdocs_meta, "# Privacy\n", text, "docs/privacy.md") is mkdocs_meta
+    # A slug or a summary that YAML reads as a date: ours keeps the text, as the writer typed it.
+    for raw in ("policy_id: 2026-01-01\n", "policy_id: p\nchanges:\n  - date: 2026-11-20\n    summary: 2026-11-20\n"):
+        meta = _front_matter(yaml.load(raw, Loader=yaml.SafeLoader), "# P\n", raw, "docs/p.md")
+        assert not any(isinstance(v, dt.date) for v in [meta["policy_id"], *(c["summary"] for c in meta.get("changes", []))])
+    # MkDocs dropped a block it could not read, and another plugin filled meta: ours reads it and names the line.
+    broken = "policy_id: [privacy\n"
+    with pytest.raises(RecordError, match="docs/privacy.md: the front matter is not valid YAML at line"):
+        _front_matter({"title": "From another plugin"}, f"---\n{broken}---\n# Privacy\n", broken, "docs/privacy.md")
