@@ -27,6 +27,10 @@ _MARK = "<!--policy-block-->"
 # Constructs whose meaning reaches across blank lines, or that a cut could break: convert such a text whole.
 _NOT_BLOCKWISE = re.compile(r"^ {0,3}(?:```|~~~)|^ {0,3}\[[^\]]+\]:|\[\^|^\*\[|\[TOC\]|^[ \t]*<", re.MULTILINE)
 _LIST_ITEM = re.compile(r"(?:[-*+]|\d+[.)])[ \t]")
+# An indented line after a blank one continues what came before (a list item's next paragraph, a code block
+# with a blank line inside): cut there, it would become a code block of its own. (Indented code at the very
+# start goes whole too: highlighting extensions number code blocks per document.)
+_INDENTED_AFTER_BLANK = re.compile(r"(?:^|\n[ \t]*\n)(?: {4}|\t)")
 _ID = re.compile(r'\sid="([^"]*)"')
 # Extensions that give a paragraph of plain prose (see _PROSE) no markup beyond <p>: with only these, such
 # paragraphs skip python-markdown altogether (most of a policy's text, and most of the conversion time).
@@ -43,9 +47,7 @@ _PROSE = re.compile(r"""[^\W\d_][^\\`*_{}\[\]<>&!#|~:^=\n]*(?:\n(?:[^\W\d_]|[("'
 def relative_url(target: str, page_url: str) -> str:
     """``target`` (relative to the site root, like page.url) as a link from the page at ``page_url``."""
     here = posixpath.dirname(page_url.rstrip("/")) if not page_url.endswith("/") else page_url.rstrip("/")
-    # Both made absolute under one root: relpath would otherwise ask the OS for the working folder (a getcwd
-    # per call; 8,000 calls for a large site's history pages).
-    rel = posixpath.relpath("/" + target, "/" + here)
+    rel = posixpath.relpath(target or ".", here or ".")
     if target.endswith("/") or target == "":
         rel = rel.rstrip("/") + "/"
     return "./" if rel in (".", "./") else rel
@@ -99,6 +101,8 @@ def blocks(body: str) -> list[str] | None:
     # The characters every such construct needs, checked first: most policy text has none of them.
     if any(c in body for c in "`~[<*") and _NOT_BLOCKWISE.search(body):
         return None
+    if _INDENTED_AFTER_BLANK.search(body):
+        return None
     out: list[str] = []
     for block in re.split(r"\n[ \t]*\n", body.strip("\n")):
         block = block.strip("\n")
@@ -122,6 +126,8 @@ class VersionRenderer:
     def __init__(self, extensions: Sequence[Any], configs: Mapping[str, Any], page_urls: Mapping[str, str]) -> None:
         names = {e.removeprefix("markdown.extensions.") if isinstance(e, str) else None for e in extensions}
         self._prose_fast = names <= _PROSE_SAFE
+        # meta strips "Key: value" lines at the top of a document: whichever block came first in a joined run.
+        self._blockwise = "meta" not in names
         self._links = _LinksExtension(page_urls)
         self._md = markdown.Markdown(extensions=[*extensions, self._links], extension_configs=dict(configs))
         # HTML of blocks no page could change (no link, image or raw HTML), kept for every later policy: headings
@@ -138,7 +144,7 @@ class VersionRenderer:
         """HTML of each body, as linked from ``page_url`` (every body is one version of the page ``src_uri``)."""
         assert self._links.processor is not None
         self._links.processor.src_uri, self._links.processor.page_url = src_uri, page_url
-        cut = [blocks(body) for body in bodies]
+        cut = [blocks(body) if self._blockwise else None for body in bodies]
         html: dict[str, str] = {}
         distinct = []
         for block in dict.fromkeys(b for parts in cut if parts is not None for b in parts):
@@ -153,7 +159,8 @@ class VersionRenderer:
             if len(pieces) == len(distinct):
                 converted = {block: piece.strip("\n") for block, piece in zip(distinct, pieces)}
                 html.update(converted)
-                self._shared.update((b, h) for b, h in converted.items() if "[" not in b and "<" not in b)
+                if self._prose_fast:  # only extensions known to number nothing per document
+                    self._shared.update((b, h) for b, h in converted.items() if "[" not in b and "<" not in b)
             else:
                 html = {}
         ids = {block: _ID.findall(piece) if "id=" in piece else [] for block, piece in html.items()}

@@ -52,6 +52,13 @@ def test_blocks_no_page_can_change_are_converted_once_for_every_policy() -> None
     other = BODY.replace("# Privacy Policy", "# Cookie Policy")
     second = renderer.render([other], src_uri="cookie.md", page_url="a/cookie/versions/2026-01-10/")
     assert renderer.conversions == 2
+    runs: list[str] = []
+    convert = renderer._convert
+    renderer._convert = lambda text: (runs.append(text), convert(text))[1]  # type: ignore[method-assign]
+    third = BODY.replace("# Privacy Policy", "# Terms")
+    assert renderer.render([third], src_uri="terms.md", page_url="terms/") == [whole(third).replace('href="cookies.md#kept"', 'href="../cookies/#kept"')]
+    assert len(runs) == 1 and "# Terms" in runs[0] and "[link]" in runs[0]
+    assert "## Contact {#contact}" not in runs[0] and "Term | Value" not in runs[0]  # reused, not converted again
     assert 'href="../../../cookies/#kept"' in first[0] and 'href="../../../../cookies/#kept"' in second[0]
     assert second == [whole(other).replace('href="cookies.md#kept"', 'href="../../../../cookies/#kept"')]
     # A heading that only the whole text would number (contact_1) is never reused into another text.
@@ -78,11 +85,30 @@ def test_relative_links_are_rewritten_for_the_version_page() -> None:
     assert 'href="../../../cookies/#kept"' in html and 'src="../../../img/a.png"' in html and 'href="https://x.org/"' in html
 
 
+@pytest.mark.parametrize("body", [
+    "- one\n\n    The item's second paragraph.\n\n- two\n",  # a loose list item with two paragraphs
+    "Para.\n\n    code\n\n    more code\n",  # an indented code block with a blank line inside
+    "    code first\n\nPara.\n",
+])
+def test_indented_continuations_convert_whole(body: str) -> None:
+    assert blocks(body) is None
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
+    assert renderer.render([body, body + "\nMore.\n"], src_uri="p.md", page_url="p/") == [whole(body), whole(body + "\nMore.\n")]
+
+
+def test_meta_extension_turns_block_wise_conversion_off() -> None:
+    bodies = ["# Title\n\nText.\n", "Note: first\n\n# Title\n"]
+    renderer = VersionRenderer(["meta", "toc"], {}, {})
+    expected = [markdown.Markdown(extensions=["meta", "toc"]).convert(b) for b in bodies]
+    assert renderer.render(bodies, src_uri="p.md", page_url="p/") == expected
+
+
 def test_blocks_refuses_text_a_cut_could_change() -> None:
     assert blocks("Para\n\n```\ncode\n\nmore\n```\n") is None
     assert blocks("See [a][1].\n\n[1]: https://x.org/\n") is None
     assert blocks("- a\n\n- b\n\nPara\n") == ["- a\n\n- b", "Para"]
     assert relative_url("", "privacy/changes/") == "../../" and relative_url("privacy/", "privacy/") == "./"
+    assert relative_url("../x.md", "privacy/versions/2026-01-10/") == "../../../../x.md"  # a link that leaves the site
 
 
 @pytest.mark.parametrize("url", ["", "privacy/", "privacy/changes/", "a/b/versions/2026-01-10/", "terms.html", "a/terms.html"])
