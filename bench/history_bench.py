@@ -233,7 +233,7 @@ def main() -> int:
     parser.add_argument("--span-days", type=int, default=1825, help="the history covers this many days up to today")
     parser.add_argument("--runs", type=int, default=5, help="measured builds of each variant")
     parser.add_argument("--max-overhead", type=float, default=15.0, help="percent; exit 1 above it")
-    parser.add_argument("--dir", type=Path, help="generate here (must not exist) and keep it")
+    parser.add_argument("--dir", type=Path, help="generate the repository here (must not exist) and keep it; the builds' output folders are removed all the same")
     parser.add_argument("--history-only", action="store_true", help="time the history reader and core alone, no builds")
     parser.add_argument("--clean-before", action="store_true",
                         help="reuse one output folder per variant, emptied before each build (see Outputs)")
