@@ -101,8 +101,8 @@ def blocks(body: str) -> list[str] | None:
     # The characters every such construct needs, checked first: most policy text has none of them.
     if any(c in body for c in "`~[<*") and _NOT_BLOCKWISE.search(body):
         return None
-    if _INDENTED_AFTER_BLANK.search(body):
-        return None
+    if ("\n    " in body or "\n\t" in body or body.startswith(("    ", "\t"))) and _INDENTED_AFTER_BLANK.search(body):
+        return None  # (the substring test first: the pattern alone scans slowly, 0.3 s for a large site)
     out: list[str] = []
     for block in re.split(r"\n[ \t]*\n", body.strip("\n")):
         block = block.strip("\n")
