@@ -194,15 +194,15 @@ def _segment_html(op: str, text: str) -> str:
 def _block_html(block: Block) -> str:
     if not block.changed:
         return _unchanged_html(block.kind, "".join(text for _, text in block.segments))
-    return _changed_html(block)
+    return _render_block(block)
 
 
 @lru_cache(maxsize=16384)  # an unchanged paragraph recurs in every redline of its policy
 def _unchanged_html(kind: str, text: str) -> str:
-    return _changed_html(Block(kind, (("equal", text),)))
+    return _render_block(Block(kind, (("equal", text),)))
 
 
-def _changed_html(block: Block) -> str:
+def _render_block(block: Block) -> str:
     inner = "".join(_segment_html(op, text) for op, text in block.segments)
     if block.kind == "heading":
         return f'<p class="redline-heading"><strong>{inner}</strong></p>'
