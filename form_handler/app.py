@@ -29,6 +29,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from . import export, mail_routes, optin, pages
+from . import keys as link_keys
+from .keys import LinkKeys
 from .bodies import Refused, read_fields, wants_json
 from .ledger import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
 from .limits import BodyLimitMiddleware, RateLimiter
@@ -54,6 +56,8 @@ class Service:
     reader: Ledger
     manifest: Manifest
     limiter: RateLimiter
+    # The keys of signed e-mail links, read once at start-up from the environment or the key file.
+    keys: LinkKeys
 
 
 def service(request: Request) -> Service:
@@ -294,8 +298,10 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
         w = writer or GroupCommitWriter(settings.ledger_path)
         if own:
             await run_in_threadpool(w.start)
+        # Refused here, at start-up, when the key file is readable by others: better no service than forgeable links.
+        keys = await run_in_threadpool(link_keys.load, settings)
         reader = await run_in_threadpool(Ledger, settings.ledger_path, readonly=True)
-        svc = Service(settings, w, reader, Manifest(settings.manifest), RateLimiter(settings.rate_limit))
+        svc = Service(settings, w, reader, Manifest(settings.manifest), RateLimiter(settings.rate_limit), keys)
         # Sends queued mail (address confirmations) in the background, retrying with back-off.
         mailer = Mailer(settings)
         mailer.start()

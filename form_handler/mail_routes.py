@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from . import pages, subscribers, tokens
+from .keys import LinkKeys
 from .ledger import UNAVAILABLE_ERRORS, LedgerError, LedgerRefusal, LedgerTxn, LedgerUnavailable
 from .manifest import ManifestUnavailable
 from .tokens import LinkClaim, TokenRefused
@@ -114,14 +115,9 @@ def record(purpose: str, claim: LinkClaim, txn: LedgerTxn) -> int:
     return len(person.updates_receipt_ids)
 
 
-async def _key(request: Request) -> bytes:
-    state = request.app.state
-    key: bytes | None = getattr(state, "link_key", None)
-    if key is None:
-        secret = request.state.service.settings.secret
-        key = await request.state.service.writer.submit(lambda txn: tokens.signing_key(txn.connection, secret))
-        state.link_key = key
-    return key
+def _keys(request: Request, now: float) -> tuple[bytes, ...]:
+    keys: LinkKeys = request.state.service.keys
+    return keys.verifying(now)
 
 
 async def _title(request: Request, policy_id: str) -> tuple[str, str | None]:
@@ -150,7 +146,8 @@ async def show(request: Request) -> Response:
     """GET: say what the link will do, with a button; records nothing."""
     link = LINKS[request.url.path]
     try:
-        claim = tokens.verify(await _key(request), request.query_params.get("token", ""), link.purpose, now=time.time())
+        now = time.time()
+        claim = tokens.verify(_keys(request, now), request.query_params.get("token", ""), link.purpose, now=now)
         reader = request.state.service.reader
         person = await run_in_threadpool(check, link.purpose, claim, reader.connection)
     except TokenRefused as e:
@@ -158,7 +155,7 @@ async def show(request: Request) -> Response:
     except LinkUsed as e:
         return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e))
     except (LedgerError, *UNAVAILABLE_ERRORS) as e:
-        # The key comes through the writer and the check reads the ledger: either may be down (full, read-only).
+        # The check reads the ledger, which may be down (unreadable, moved).
         log.error("cannot check %s link: %s", link.purpose, e)
         return await _page(request, link, 503, claim=None, title="Please try again later",
                            lead="We cannot read our records now. Please open the link again later.")
@@ -174,7 +171,8 @@ async def act(request: Request) -> Response:
     link = LINKS[request.url.path]
     svc = request.state.service
     try:
-        claim = tokens.verify(await _key(request), request.query_params.get("token", ""), link.purpose, now=time.time())
+        now = time.time()
+        claim = tokens.verify(_keys(request, now), request.query_params.get("token", ""), link.purpose, now=now)
         if link.purpose == "reconsent" and await svc.manifest.check(claim.policy_id, claim.version):
             raise LinkUsed("The version this link agrees to is no longer published; nothing was recorded.")
         added = await svc.writer.submit(lambda txn: record(link.purpose, claim, txn))

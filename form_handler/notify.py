@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from . import subscribers, tokens
+from . import keys, subscribers, tokens
 from .ledger import META_SCHEMA, Ledger
 from .mail import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
 from .manifest import read_source
@@ -176,7 +176,7 @@ def run(
 def _send(ledger: Ledger, settings: Settings, result: NotifyResult, echo: Callable[[str], None]) -> NotifyResult:
     if not result.planned:
         return result
-    key = tokens.signing_key(ledger.connection, settings.secret)
+    key = keys.load(settings).signing
     with _Connections(settings) as smtp:
         for p in result.planned:
             # The plan is one snapshot and sending takes minutes: re-read this person's standing first.

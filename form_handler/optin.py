@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from . import outbox, tokens
+from .keys import LinkKeys
 from .ledger import ConsentDraft, LedgerTxn, Receipt
 from .mail import MailError, confirmation_message
 from .settings import Settings
@@ -23,12 +24,12 @@ def confirm_url(settings: Settings, token: str) -> str:
     return f"{settings.base_url}/api/confirm?token={token}"
 
 
-def consent_with_confirmation(txn: LedgerTxn, draft: ConsentDraft, *, settings: Settings, title: str) -> Receipt:
+def consent_with_confirmation(txn: LedgerTxn, draft: ConsentDraft, *, settings: Settings, keys: LinkKeys,
+                              title: str) -> Receipt:
     """Append the consent and, when updates were asked for, queue the confirmation mail (one transaction)."""
     receipt = txn.append_consent(draft)
     if draft.consent_updates and draft.email:
-        key = tokens.signing_key(txn.connection, settings.secret)
-        token = tokens.sign(key, "confirm", receipt.receipt_id, draft.policy_id, draft.policy_version, now=time.time())
+        token = tokens.sign(keys.signing, "confirm", receipt.receipt_id, draft.policy_id, draft.policy_version, now=time.time())
         try:
             msg = confirmation_message(settings, to=draft.email, title=title, confirm_url=confirm_url(settings, token))
         except MailError:
@@ -48,8 +49,9 @@ async def record_consent(request: Request, draft: ConsentDraft) -> Receipt:
     except Exception:  # the title only decorates the mail; the check before this already passed
         title = draft.policy_id
     settings: Settings = svc.settings
+    keys: LinkKeys = svc.keys
     receipt: Receipt = await svc.writer.submit(
-        lambda txn: consent_with_confirmation(txn, draft, settings=settings, title=title)
+        lambda txn: consent_with_confirmation(txn, draft, settings=settings, keys=keys, title=title)
     )
     mailer = getattr(request.state, "mailer", None)
     if mailer is not None and draft.consent_updates and draft.email:

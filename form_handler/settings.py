@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 
@@ -38,8 +39,18 @@ class Settings:
     mail_from: str = "policies@localhost"
     # Where people reach the site and the service; links in e-mails start here.
     base_url: str = "http://127.0.0.1:8000"
-    # Key for signed links in e-mails; when unset, a random key kept in the ledger is used.
+    # Key for signed links in e-mails; when unset, the key file below is used (created once, mode 0600).
     secret: str | None = field(default=None, repr=False)
+    # Rotation: the previous secret still verifies links (never signs) until the end of this day (UTC).
+    secret_previous: str | None = field(default=None, repr=False)
+    secret_previous_until: date | None = None
+    # The link key file when POLICY_SITE_SECRET is unset; never inside the ledger (secrets apart from data).
+    # None: link-keys.json in the ledger's folder (fine on one machine; put it elsewhere in production).
+    key_file: Path | None = None
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDR networks); none by default.
+    forwarded_allow_ips: tuple[str, ...] = ()
+    # Confirmation mails one address may receive in 24 hours, however many forms name it.
+    mail_per_recipient: int = 3
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +86,23 @@ class Settings:
                 return False
             raise SettingsError(f"POLICY_SITE_{name} must be true or false, got {raw!r}.")
 
+        def day(name: str) -> date | None:
+            raw = get(name)
+            if raw is None:
+                return None
+            try:
+                return date.fromisoformat(raw)
+            except ValueError:
+                raise SettingsError(f"POLICY_SITE_{name} must be a date YYYY-MM-DD, got {raw!r}.") from None
+
+        def listed(name: str) -> tuple[str, ...]:
+            return tuple(o.strip() for o in (get(name) or "").split(",") if o.strip())
+
+        previous, until = get("SECRET_PREVIOUS"), day("SECRET_PREVIOUS_UNTIL")
+        if (previous is None) != (until is None):
+            raise SettingsError(
+                "POLICY_SITE_SECRET_PREVIOUS and POLICY_SITE_SECRET_PREVIOUS_UNTIL go together; set both or neither."
+            )
         origins = get("ALLOWED_ORIGINS")
         return cls(
             ledger_path=Path(get("LEDGER") or d.ledger_path),
@@ -94,4 +122,9 @@ class Settings:
             mail_from=get("MAIL_FROM") or d.mail_from,
             base_url=(get("BASE_URL") or d.base_url).rstrip("/"),
             secret=get("SECRET"),
+            secret_previous=previous,
+            secret_previous_until=until,
+            key_file=Path(k) if (k := get("KEY_FILE")) else None,
+            forwarded_allow_ips=listed("FORWARDED_ALLOW_IPS"),
+            mail_per_recipient=integer("MAIL_PER_RECIPIENT", d.mail_per_recipient, minimum=1),
         )

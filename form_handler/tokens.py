@@ -6,9 +6,8 @@ the person is in the token beyond the receipt id, which the person already holds
 
 Signing and checking are pure. Whether a valid link was already *used* is not a property of the token:
 the caller decides it from the ledger (a confirmation entry for that receipt, a reconsent for that
-version), so a link cannot be replayed after it did its work. `signing_key` is the one impure helper:
-it finds the key in settings or keeps a random one in the ledger database, so the service and the
-CLI agree without configuration.
+version), so a link cannot be replayed after it did its work. The keys come from form_handler/keys.py,
+never from the ledger.
 """
 
 from __future__ import annotations
@@ -18,11 +17,10 @@ import binascii
 import hashlib
 import hmac
 import json
-import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .ledger import META_SCHEMA
 
 PURPOSES = ("confirm", "reconsent", "withdraw", "unsubscribe")
 Purpose = Literal["confirm", "reconsent", "withdraw", "unsubscribe"]
@@ -91,8 +89,11 @@ def sign(
     return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
 
 
-def verify(key: bytes, token: str, purpose: Purpose, *, now: float) -> LinkClaim:
-    """Check signature, purpose and expiry; raise TokenRefused naming what is wrong."""
+def verify(keys: bytes | Sequence[bytes], token: str, purpose: Purpose, *, now: float) -> LinkClaim:
+    """Check signature, purpose and expiry; raise TokenRefused naming what is wrong.
+
+    `keys` is the signing key, or every key that may verify now (the signing key, then keys being
+    rotated out; see form_handler/keys.py)."""
     if not token or len(token) > 1024 or token.count(".") != 1:
         raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.")
     payload_part, mac_part = token.split(".")
@@ -102,7 +103,10 @@ def verify(key: bytes, token: str, purpose: Purpose, *, now: float) -> LinkClaim
     except (binascii.Error, ValueError):
         raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.") from None
     # Constant-time comparison: a timing difference must not reveal how much of a forged MAC was right.
-    if not hmac.compare_digest(mac, _mac(key, payload)):
+    candidates = (keys,) if isinstance(keys, bytes) else tuple(keys)
+    # Every candidate is compared (no early exit), so the time taken does not say which key matched.
+    matched = [hmac.compare_digest(mac, _mac(key, payload)) for key in candidates]
+    if not any(matched):
         raise TokenRefused("This link was not issued by us or has been altered; it cannot be used.")
     fields = _parse_payload(payload)
     claim = LinkClaim(*fields)
@@ -128,33 +132,3 @@ def _parse_payload(payload: bytes) -> tuple[str, str, str, str, int]:
     ):
         raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.")
     return data[0], data[1], data[2], data[3], data[4]
-
-
-def signing_key(connection: Any, secret: str | None) -> bytes:
-    """The HMAC key: POLICY_SITE_SECRET if set, else a random key kept in the ledger's `meta` table.
-
-    `connection` is an apsw.Connection to the ledger database, inside a transaction or not. The key
-    is created once with INSERT OR IGNORE, so two processes starting together end up with the same key.
-    """
-    if secret:
-        return hashlib.sha256(secret.encode("utf-8")).digest()
-    if connection.in_transaction:  # e.g. inside the group-commit writer's batch: its transaction is ours
-        return _stored_key(connection)
-    # BEGIN IMMEDIATE takes the write lock first, so a concurrent first start cannot hit a stale snapshot.
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        key = _stored_key(connection)
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-    return key
-
-
-def _stored_key(connection: Any) -> bytes:
-    connection.execute(META_SCHEMA)
-    connection.execute(
-        "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", ("link_key", secrets.token_hex(32))
-    )
-    row = connection.execute("SELECT value FROM meta WHERE name = ?", ("link_key",)).fetchone()
-    return bytes.fromhex(row[0])

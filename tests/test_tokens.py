@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
 
-import apsw
 import pytest
 
-from form_handler.tokens import LIFETIME, TokenRefused, sign, signing_key, verify
+from form_handler.tokens import LIFETIME, TokenRefused, sign, verify
 
 KEY = b"k" * 32
 NOW = 1_800_000_000.0
@@ -53,11 +51,3 @@ def test_token_for_another_purpose_is_refused() -> None:
 def test_token_malformed_is_refused_plainly(bad: str) -> None:
     with pytest.raises(TokenRefused, match="damaged"):
         verify(KEY, bad, "confirm", now=NOW)
-
-
-def test_signing_key_is_created_once_and_shared(tmp_path: Path) -> None:
-    db = str(tmp_path / "ledger.sqlite3")
-    first = signing_key(apsw.Connection(db), None)
-    second = signing_key(apsw.Connection(db), None)
-    assert first == second and len(first) == 32
-    assert signing_key(apsw.Connection(db), "configured secret") != first
