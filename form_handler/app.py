@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,20 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import export, mail_routes, optin, pages
 from . import keys as link_keys
 from .keys import LinkKeys
 from .bodies import Refused, read_fields, wants_json
 from .ledger import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
-from .limits import BodyLimitMiddleware, RateLimiter
+from .hosts import HostCheckMiddleware, allowed_hosts
+from .limits import ADMIN_FAILURES_PER_MINUTE, BodyLimitMiddleware, RateLimiter
 from .mailer import Mailer
 from .manifest import Manifest, ManifestUnavailable
 from .openapi import openapi_document
 from .origins import origin_allowed
+from .security_headers import SecurityHeadersMiddleware, content_security_policy
 from .settings import Settings
 from .submissions import ValidationFailed, parse_submission
 from .writer import GroupCommitWriter
@@ -58,6 +61,8 @@ class Service:
     limiter: RateLimiter
     # The keys of signed e-mail links, read once at start-up from the environment or the key file.
     keys: LinkKeys
+    # Wrong admin tokens per client, counted whatever POLICY_SITE_RATE_LIMIT says (it may be 0).
+    admin_failures: RateLimiter = field(default_factory=lambda: RateLimiter(ADMIN_FAILURES_PER_MINUTE))
 
 
 def service(request: Request) -> Service:
@@ -214,18 +219,27 @@ async def healthz(request: Request) -> Response:
 
 async def export_ledger(request: Request) -> Response:
     """Stream the ledger as JSON Lines, or CSV with ?format=csv (admin token required)."""
-    settings = service(request).settings
+    svc = service(request)
+    settings = svc.settings
     if settings.admin_token is None:
         return JSONResponse({"errors": {"export": "The export is off: no admin token is configured."}}, 404)
+    client = request.client.host if request.client else ""
+    # A client that sent too many wrong tokens waits, whatever it sends now: guessing stops rather than slows.
+    wait = svc.admin_failures.wait(client)
+    if wait is not None:
+        seconds = str(math.ceil(wait))
+        return JSONResponse({"errors": {"authorization": f"Too many wrong tokens; try again in {seconds} seconds."}},
+                            429, headers={**NO_STORE, "Retry-After": seconds})
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.admin_token.encode()):
+        svc.admin_failures.hit(client)  # only failures count: the right token never locks its owner out
         return JSONResponse({"errors": {"authorization": "Send Authorization: Bearer <admin token>."}}, 401,
                             headers={"WWW-Authenticate": 'Bearer realm="policy-site"'})
     fmt = request.query_params.get("format", "jsonl")
     if fmt not in EXPORT_TYPES:
         return JSONResponse({"errors": {"format": "format must be jsonl or csv."}}, 422)
     third_party = request.query_params.get("third_party", "") in ("1", "true", "yes")
-    rows = export.ExportRows(service(request).reader.export(third_party=third_party))
+    rows = export.ExportRows(svc.reader.export(third_party=third_party))
     try:
         # Read before answering: once the 200 is sent, a ledger that cannot be read could only cut the body short.
         await run_in_threadpool(rows.prefetch)
@@ -299,7 +313,11 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
         if own:
             await run_in_threadpool(w.start)
         # Refused here, at start-up, when the key file is readable by others: better no service than forgeable links.
-        keys = await run_in_threadpool(link_keys.load, settings)
+        try:
+            keys = await run_in_threadpool(link_keys.load, settings)
+        except link_keys.KeyFileError as e:
+            log.error("%s", e)  # one sentence with the fix, above uvicorn's "Application startup failed"
+            raise
         reader = await run_in_threadpool(Ledger, settings.ledger_path, readonly=True)
         svc = Service(settings, w, reader, Manifest(settings.manifest), RateLimiter(settings.rate_limit), keys)
         # Sends queued mail (address confirmations) in the background, retrying with back-off.
@@ -320,24 +338,39 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
             return JSONResponse({"errors": errors}, status_code=status, headers=NO_STORE)
         return pages.error_page(status, errors, site_url=settings.base_url)
 
+    form_origins = [settings.base_url, *settings.allowed_origins]
     routes = list(ROUTES)
     if site_dir is not None:
         # The static site is compressed (Lighthouse: ~200 KiB less on a first visit); /api is not, since
         # compressed responses that echo secrets (the withdraw token) invite BREACH-style guessing.
         site = GZipMiddleware(StaticFiles(directory=site_dir, html=True), minimum_size=500)
-        routes.append(Mount("/", app=site, name="site"))
-    return Starlette(
+        # Its own policy, kept by the app's: Material's pages run inline scripts (its 404 page under /api/ too).
+        routes.append(Mount("/", app=SecurityHeadersMiddleware(
+            site, csp=content_security_policy(form_origins, inline=True)), name="site"))
+    middleware = [
+        # First, before anything reads the Host header (the Origin check, redirects).
+        Middleware(HostCheckMiddleware, hosts=allowed_hosts(form_origins)),
+        # CORS before the rest, so refusals to an allowed origin still carry its headers.
+        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
+                   allow_headers=["Content-Type", "Accept"], expose_headers=["Retry-After"]),
+        Middleware(BodyLimitMiddleware, max_body=settings.max_body, refusal=body_refusal),
+    ]
+    if settings.forwarded_allow_ips:
+        # Only these proxies' X-Forwarded-For and -Proto are believed, so request.client (the rate limits' key)
+        # is the real client. Nobody's by default: uvicorn's own default trusts 127.0.0.1, so the README's
+        # command and `policy-site serve` turn uvicorn's off and leave this setting the only trust.
+        middleware.insert(1, Middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.forwarded_allow_ips)))
+    app = Starlette(
         debug=False,
         routes=routes,
-        middleware=[
-            # CORS outermost, so refusals to an allowed origin still carry its headers.
-            Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
-                       allow_headers=["Content-Type", "Accept"], expose_headers=["Retry-After"]),
-            Middleware(BodyLimitMiddleware, max_body=settings.max_body, refusal=body_refusal),
-        ],
+        middleware=middleware,
         exception_handlers={HTTPException: http_error, Exception: http_error},
         lifespan=lifespan,
     )
+    # Outside Starlette's ServerErrorMiddleware (always the outermost of its stack), so a 500 has them too.
+    app.middleware_stack = SecurityHeadersMiddleware(app.build_middleware_stack(),
+                                                     csp=content_security_policy(form_origins, inline=False))
+    return app
 
 
 def _app_from_env() -> Starlette:

@@ -13,6 +13,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 GENESIS = "0" * 64
+# The format of the entries we write. v1: a consent chains its page, and its commitment covers
+# [email, message]. v2: the page is personal data, kept with the address and message outside the chain
+# (erasable) and covered by the commitment, [email, message, page]. Old entries keep their version.
+ENTRY_VERSION = 2
 KINDS = ("consent", "withdrawal", "erasure", "confirmation", "notice", "reconsent")
 # Keys every chained entry has; callers of LedgerTxn.append may not set them.
 RESERVED = frozenset({"v", "seq", "kind", "receipt_id", "recorded_at"})
@@ -40,9 +44,10 @@ def entry_hash(prev_hash: str, canonical_bytes: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical_bytes).hexdigest()
 
 
-def commitment(salt: bytes, email: str | None, message: str) -> str:
-    """Salted sha256 of the personal data; useless for guessing once the salt is erased."""
-    return hashlib.sha256(salt + _COMPACT([email, message]).encode()).hexdigest()
+def commitment(salt: bytes, email: str | None, message: str, page: str | None, *, v: int) -> str:
+    """Salted sha256 of the personal data of an entry of format `v`; useless for guessing once the salt is erased."""
+    personal = [email, message] if v < 2 else [email, message, page]
+    return hashlib.sha256(salt + _COMPACT(personal).encode()).hexdigest()
 
 
 def utc_now() -> str:

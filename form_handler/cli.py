@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -116,7 +117,7 @@ def head(ledger_path: Path | None) -> None:
 @ledger.command()
 @ledger_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("--third-party", is_flag=True, help="Only email addresses whose third-party consent stands.")
+@click.option("--third-party", is_flag=True, help="Only email addresses whose confirmed third-party consent stands.")
 def export(ledger_path: Path | None, fmt: str, third_party: bool) -> None:
     """Write the ledger to stdout: every entry with personal data and status, or third-party emails.
 
@@ -233,6 +234,48 @@ def mail_send(ledger_path: Path | None) -> None:
     )
     if result.failed > result.gave_up:
         raise click.ClickException("some messages could not be sent now; they stay queued and are retried with back-off.")
+
+
+# --- link keys ------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """The key that signs the links in our e-mails (kept outside the ledger)."""
+
+
+@keys.command("rotate")
+@click.option("--verify-until", "until", required=True, metavar="YYYY-MM-DD",
+              type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Last day (UTC) on which links signed with the current key still work.")
+def keys_rotate(until: datetime) -> None:
+    """Make a new signing key in the key file; the current key still verifies links until --verify-until.
+
+    Restart the service (every instance) afterwards so it signs with the new key. With POLICY_SITE_SECRET
+    set, rotate with POLICY_SITE_SECRET_PREVIOUS and POLICY_SITE_SECRET_PREVIOUS_UNTIL instead.
+
+    Example:
+
+        policy-site keys rotate --verify-until 2027-06-30
+    """
+    from . import keys as link_keys
+
+    settings = load_settings()
+    if settings.secret:
+        raise click.ClickException(
+            "POLICY_SITE_SECRET is set, so the key file is not used; rotate by moving the old secret to "
+            "POLICY_SITE_SECRET_PREVIOUS, setting POLICY_SITE_SECRET_PREVIOUS_UNTIL and a new POLICY_SITE_SECRET."
+        )
+    path = link_keys.key_file_path(settings)
+    if until.date() < datetime.now(timezone.utc).date():
+        raise click.ClickException(f"--verify-until {until.date()} is in the past; give today or a later day.")
+    try:
+        link_keys.adopt_legacy_key(settings)
+        rotated = link_keys.rotate(path, until.date())
+    except link_keys.KeyFileError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{path}: a new key signs; {len(rotated.previous)} older key(s) verify until their dates. "
+               "Restart every service instance now.")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import stat
@@ -26,9 +27,11 @@ from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
+from .ledger import Ledger, LedgerUnavailable
 from .settings import Settings
 
 FORMAT = "policy-site link keys"
+log = logging.getLogger("form_handler")
 
 
 class KeyFileError(Exception):
@@ -69,7 +72,10 @@ def end_of_day(day: date) -> float:
 
 
 def load(settings: Settings) -> LinkKeys:
-    """The keys for this process: the environment's secret if set, else the key file (created once)."""
+    """The keys for this process: the environment's secret if set, else the key file (created once).
+
+    A key still kept in the ledger by an older version is moved out first (adopt_legacy_key)."""
+    adopt_legacy_key(settings)
     if settings.secret:
         previous: tuple[VerifyingKey, ...] = ()
         if settings.secret_previous and settings.secret_previous_until:
@@ -81,6 +87,32 @@ def load(settings: Settings) -> LinkKeys:
 def key_file_path(settings: Settings) -> Path:
     """POLICY_SITE_KEY_FILE, or link-keys.json in the ledger's folder."""
     return settings.key_file or settings.ledger_path.with_name("link-keys.json")
+
+
+def adopt_legacy_key(settings: Settings) -> bool:
+    """Move a link key kept in the ledger's `meta` table into the key file, then wipe it from the ledger.
+
+    With POLICY_SITE_SECRET set, or a key file already there, the old key was not signing anything and
+    is only wiped. Returns True when a key was found. A ledger that cannot be written now keeps it
+    until the next start."""
+    if not settings.ledger_path.exists():
+        return False
+    with Ledger(settings.ledger_path) as ledger:
+        try:
+            key = ledger.legacy_link_key()
+            if key is None:
+                return False
+            path = key_file_path(settings)
+            if not settings.secret and not path.exists():
+                # Written (and fsynced) before the ledger's copy goes: links already mailed keep working.
+                write_key_file(path, [{"key": key, "created": _today(), "moved_from": str(settings.ledger_path)}],
+                               exclusive=True)
+                log.warning("moved the e-mail link key out of %s into %s", settings.ledger_path, path)
+            ledger.forget_legacy_link_key(key)
+        except LedgerUnavailable as e:
+            log.error("cannot move the e-mail link key out of the ledger now (%s); it stays until the next start", e)
+            return False
+    return True
 
 
 def read_key_file(path: Path, *, create: bool = False) -> LinkKeys:

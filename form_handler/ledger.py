@@ -1,7 +1,7 @@
 """The consent ledger: an append-only, hash-chained SQLite file (apsw, WAL, synchronous=FULL).
 
-Each chained entry is canonical JSON stored verbatim beside sha256(prev_hash + bytes). Email
-and message live in the erasable `personal` table; the entry holds only a salted commitment.
+Each chained entry is canonical JSON stored verbatim beside sha256(prev_hash + bytes). Email,
+message and page live in the erasable `personal` table; the entry holds only a salted commitment.
 """
 
 from __future__ import annotations
@@ -14,25 +14,27 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
 from . import reports
+from .private_files import ensure_private
 from .chain import (
-    FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
+    ENTRY_VERSION, FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
     entry_hash, utc_now, walk,
 )
 from .ledger_types import (
-    UNAVAILABLE_ERRORS, ConsentDraft, Entry, InvalidToken, LedgerError, LedgerRefusal, LedgerUnavailable,
-    Receipt, ReceiptStatus, UnknownReceipt,
+    READ_UNAVAILABLE_ERRORS, UNAVAILABLE_ERRORS, ConsentDraft, Entry, InvalidToken, LedgerError, LedgerRefusal,
+    LedgerUnavailable, Receipt, ReceiptStatus, UnknownReceipt,
 )
+from .readers import ReadPool
 from .schema import (
-    BUSY_TIMEOUT_MS, META_SCHEMA, SCHEMA, SCHEMA_VERSION, SQLITE_MINIMUM, check_sqlite_version, configure,
-    read_pragmas,
+    BUSY_TIMEOUT_MS, META_SCHEMA, SCHEMA, SCHEMA_VERSION, SQLITE_MINIMUM, check_schema_version,
+    check_sqlite_version, configure, migrate, read_pragmas, user_version,
 )
 
 __all__ = [
@@ -45,6 +47,11 @@ __all__ = [
 
 # Tables other modules keep personal data in, keyed by receipt_id; erase() clears them too.
 ERASABLE_TABLES: list[str] = ["outbox"]
+# Read connections per Ledger: reads run at once on a few cores (more would only queue for the CPU), and
+# one slow read does not hold up the others. Each may cache up to 32 MB of pages (schema.configure).
+READERS = 4
+
+T = TypeVar("T")
 
 
 def _check_text(name: str, value: object, *, optional: bool = False) -> None:
@@ -99,6 +106,8 @@ class LedgerTxn:
             raise ValueError(f"kind must be one of {', '.join(KINDS[1:])}, got {kind!r} (use append_consent).")
         if RESERVED & fields.keys():
             raise ValueError(f"fields may not set {sorted(RESERVED & fields.keys())}.")
+        if "page" in fields:
+            raise ValueError("page is personal data and is never chained; only a consent keeps one (append_consent).")
         _check_fields(fields)
         if self._one("SELECT 1 FROM entries WHERE receipt_id = ? AND kind = 'consent'", (receipt_id,)) is None:
             raise UnknownReceipt(f"receipt_id {receipt_id!r} is not in the ledger.", "receipt_id")
@@ -110,7 +119,8 @@ class LedgerTxn:
         head = self._one("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")
         seq, prev = (head[0] + 1, head[1]) if head else (1, "0" * 64)
         recorded_at = utc_now()
-        entry = {"v": 1, "seq": seq, "kind": kind, "receipt_id": receipt_id, "recorded_at": recorded_at, **fields}
+        entry = {"v": ENTRY_VERSION, "seq": seq, "kind": kind, "receipt_id": receipt_id, "recorded_at": recorded_at,
+                 **fields}
         try:
             data = canonical(entry)
         except (TypeError, ValueError) as e:
@@ -135,15 +145,16 @@ class LedgerTxn:
         flags = {n: getattr(draft, n) for n in FLAG_COLUMNS}
         _check_fields(flags)
         receipt_id, token, salt = new_receipt_secrets()
+        # The page stays out of the chain (a path can name a person); the commitment covers it (v2).
         fields = {
-            "policy_id": draft.policy_id, "policy_version": draft.policy_version, "page": draft.page, **flags,
-            "commitment": commitment(salt, draft.email, draft.message),
+            "policy_id": draft.policy_id, "policy_version": draft.policy_version, **flags,
+            "commitment": commitment(salt, draft.email, draft.message, draft.page, v=ENTRY_VERSION),
             "withdraw_token_sha256": hashlib.sha256(token.encode()).hexdigest(),
         }
         entry = self._append("consent", receipt_id, fields)
         self.connection.execute(
-            "INSERT INTO personal (receipt_id, salt, email, message) VALUES (?, ?, ?, ?)",
-            (receipt_id, salt, draft.email, draft.message),
+            "INSERT INTO personal (receipt_id, salt, email, message, page) VALUES (?, ?, ?, ?, ?)",
+            (receipt_id, salt, draft.email, draft.message, draft.page),
         )
         return Receipt(
             receipt_id, entry.recorded_at, draft.policy_id, draft.policy_version, draft.consent_contact,
@@ -178,7 +189,7 @@ class LedgerTxn:
         return self._existing("withdrawal", receipt_id) or self._append("withdrawal", receipt_id, {})
 
     def erase(self, receipt_id: str) -> Entry:
-        """Delete the receipt's email, message and salt (and rows of ERASABLE_TABLES); idempotent."""
+        """Delete the receipt's email, message, page and salt (and rows of ERASABLE_TABLES); idempotent."""
         self._consent(receipt_id)
         self.connection.execute("DELETE FROM personal WHERE receipt_id = ?", (receipt_id,))
         for table in ERASABLE_TABLES:
@@ -196,14 +207,15 @@ class LedgerTxn:
 
 
 class Ledger:
-    """One connection to the ledger file; opening creates the folder and the schema."""
+    """The ledger file: one connection for writes, a pool for reads; opening creates or migrates the schema."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, readers: int = READERS) -> None:
         check_sqlite_version(apsw.sqlite_lib_version())
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
         self._conn: apsw.Connection | None = None
+        self._readers = ReadPool(self._open_reader, size=readers, wait=BUSY_TIMEOUT_MS / 1000)
         try:
             self._connect()
         except LedgerUnavailable:
@@ -214,6 +226,7 @@ class Ledger:
 
     @property
     def connection(self) -> apsw.Connection:
+        """The one connection of writes, for single-threaded callers (CLI, tests); concurrent readers use read()."""
         return self._connect()
 
     def _connect(self) -> apsw.Connection:
@@ -223,24 +236,20 @@ class Ledger:
             raise LedgerError(f"{self.path}: no ledger file there; check POLICY_SITE_LEDGER or --ledger.")
         try:
             if not self.readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Created 0600 before SQLite opens it, so the -wal and -shm files it makes are 0600 too.
+                ensure_private(self.path)
             flags = apsw.SQLITE_OPEN_READONLY if self.readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
             conn = apsw.Connection(str(self.path), flags=flags)
         except (OSError, *UNAVAILABLE_ERRORS) as e:
             raise LedgerUnavailable(f"{self.path}: cannot open the ledger ({e}).") from e
         try:
             configure(conn)
-            # Only a new file needs the schema; an existing one stays readable when it is read-only.
-            version: Any = conn.execute("PRAGMA user_version").fetchall()[0][0]
-            if 0 < version < SCHEMA_VERSION:
-                raise LedgerError(
-                    f"{self.path}: ledger schema {version} is from a development build before schema "
-                    f"{SCHEMA_VERSION}; move the file away to start a new ledger."
-                )
+            version = user_version(conn)
+            check_schema_version(version, self.path)
             if not self.readonly and version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(SCHEMA)
-                conn.execute("COMMIT")
+                migrate(conn, self.path)  # a new file gets the whole schema, an older ledger what it lacks
+            # A reader cannot migrate; an older ledger is migrated by a writer's open first (below).
+            stale = self.readonly and 0 < version < SCHEMA_VERSION
         except LedgerError:
             conn.close(True)
             raise
@@ -250,8 +259,26 @@ class Ledger:
         except apsw.Error as e:
             conn.close(True)
             raise LedgerError(f"{self.path}: not a usable ledger ({e}).") from e
+        if stale:
+            conn.close(True)
+            self._migrate_for_reader(version)
+            return self._connect()
         self._conn = conn
         return conn
+
+    def _migrate_for_reader(self, version: int) -> None:
+        # The same open as a writer's, so the schema changes in one place, once; the chain is not touched.
+        writer = Ledger(self.path, readers=1)
+        try:
+            writer._connect()
+        except LedgerUnavailable as e:
+            raise LedgerError(
+                f"{self.path}: ledger schema {version} must be migrated to schema {SCHEMA_VERSION} before this "
+                f"version can read it, and the file cannot be written here ({e}); open it once where it can be "
+                "written (start the service, or run `policy-site ledger verify` with write access)."
+            ) from None
+        finally:
+            writer.close()
 
     def _drop(self) -> None:
         # After an I/O error, reopen on the next use: a fresh connection sees restored space or permissions.
@@ -282,19 +309,32 @@ class Ledger:
 
     @contextmanager
     def _reading(self) -> Iterator[apsw.Connection]:
-        # One read transaction = one consistent snapshot while writers go on (WAL).
-        with self._lock:
-            conn = self._connect()
+        # One read transaction = one consistent snapshot while writers go on (WAL), on a pooled connection
+        # that no other thread uses meanwhile.
+        conn = self._readers.take()
+        try:
+            conn.execute("BEGIN")
             try:
-                conn.execute("BEGIN")
-                try:
-                    yield conn
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("COMMIT")
-            except UNAVAILABLE_ERRORS as e:
-                self._drop()
-                raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except READ_UNAVAILABLE_ERRORS as e:
+            self._readers.discard(conn)  # the next read opens a fresh one: restored file, space or permissions
+            raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+        except BaseException:
+            self._readers.give(conn)
+            raise
+        self._readers.give(conn)
+
+    def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run fn(connection) inside one read snapshot, on a connection only this thread uses meanwhile.
+
+        Safe from any number of threads at once (up to READERS run together, the rest wait). A file that
+        cannot be read (I/O error, not a database) raises LedgerUnavailable.
+        """
+        with self._reading() as conn:
+            return fn(conn)
 
     def append_consent(self, draft: ConsentDraft) -> Receipt:
         with self.transaction() as txn:
@@ -347,22 +387,28 @@ class Ledger:
 
     def export(self, third_party: bool = False) -> Iterator[dict[str, Any]]:
         """Every chained entry with its personal data and status; or, for third parties, emails only."""
-        # Its own connection, not the shared one: a streaming response may pull rows from other threads.
+        # Its own connection, not a pooled one: a slow client may hold it for the whole stream.
         conn = self._open_reader()
         try:
             conn.execute("BEGIN")
             yield from (reports.third_party_emails(conn) if third_party else reports.entries(conn))
-        except UNAVAILABLE_ERRORS as e:
+        except READ_UNAVAILABLE_ERRORS as e:
             raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
         finally:
             conn.close(True)
 
     def _open_reader(self) -> apsw.Connection:
-        self._connect()  # creates the file and schema when missing
+        if self._conn is None:
+            with self._lock:
+                self._connect()  # creates the file and schema when missing, migrates an older one
         try:
             conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+        except READ_UNAVAILABLE_ERRORS as e:
+            raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+        try:
             configure(conn)
-        except UNAVAILABLE_ERRORS as e:
+        except READ_UNAVAILABLE_ERRORS as e:
+            conn.close(True)
             raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
         return conn
 
@@ -370,11 +416,58 @@ class Ledger:
         with self._reading() as conn:
             return reports.stats(conn)
 
+    def legacy_link_key(self) -> str | None:
+        """The e-mail link key that ledgers before the key file kept in their `meta` table, if still there."""
+        with self._lock:
+            conn = self._connect()
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchall():
+                return None
+            rows: list[Any] = conn.execute("SELECT value FROM meta WHERE name = 'link_key'").fetchall()
+        return str(rows[0][0]) if rows else None
+
+    def forget_legacy_link_key(self, key: str) -> None:
+        """Delete the old link key and every copy of it in the file: the row, old WAL frames and free pages.
+
+        secure_delete (set on every connection) overwrites the row in place; a checkpoint then empties
+        the WAL of older page images. Free pages left by a build without secure_delete may still hold
+        it, so the file is searched and, if the key is still there, rebuilt with VACUUM.
+        """
+        with self.transaction() as txn:
+            txn.connection.execute("DELETE FROM meta WHERE name = 'link_key'")
+        with self._lock:
+            conn = self._connect()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            if self._file_holds(key):
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            if self._file_holds(key):
+                raise LedgerError(
+                    f"{self.path}: the old link key is still in the file after VACUUM; stop every process using "
+                    "the ledger and run the command again."
+                )
+
+    def _file_holds(self, text: str) -> bool:
+        # Read in overlapping chunks: a 2 GB ledger is searched in a few seconds, once, at migration.
+        needle, tail = text.encode(), b""
+        for name in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                with open(name, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        if needle in tail + chunk:
+                            return True
+                        tail = chunk[-len(needle):]
+            except FileNotFoundError:
+                pass
+            tail = b""
+        return False
+
     def pragmas(self) -> dict[str, Any]:
         with self._lock:
             return read_pragmas(self._connect())
 
     def close(self) -> None:
+        # Read connections first, so the connection of writes is the last and checkpoints the WAL.
+        self._readers.close()
         with self._lock:
             self._drop()
 

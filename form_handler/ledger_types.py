@@ -37,6 +37,9 @@ UNAVAILABLE_ERRORS = (
     apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError,
     apsw.BusyError, apsw.LockedError, apsw.PermissionsError,
 )
+# For readers, also a file that is not (or no longer) a database: reading may work again once it is
+# restored, and a page that reads the ledger answers 503 meanwhile, not 500.
+READ_UNAVAILABLE_ERRORS = (*UNAVAILABLE_ERRORS, apsw.NotADBError, apsw.CorruptError)
 
 
 @dataclass(frozen=True)

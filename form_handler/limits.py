@@ -18,6 +18,9 @@ from collections.abc import Callable
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# Wrong admin tokens one client may send per minute (GET /api/export), whatever POLICY_SITE_RATE_LIMIT says.
+ADMIN_FAILURES_PER_MINUTE = 10
+
 # Builds the 413 answer; the app passes one that renders HTML for form posts.
 Refusal = Callable[[Scope, int, dict[str, str]], Response]
 
@@ -135,7 +138,7 @@ class RateLimiter:
         if self.per_minute <= 0:
             return None
         now = self._clock()
-        key = hmac.new(self._key, client.encode("utf-8", "replace"), hashlib.sha256).digest()
+        key = self._key_of(client)
         hits = self._hits.get(key)
         if hits is None:
             hits = self._hits[key] = deque()
@@ -147,6 +150,19 @@ class RateLimiter:
         hits.append(now)
         self._evict(now)
         return None
+
+    def wait(self, client: str) -> float | None:
+        """Like hit, without counting this call: None if the client may go on, else the seconds until it may."""
+        hits = self._hits.get(self._key_of(client))
+        if self.per_minute <= 0 or hits is None:
+            return None
+        now = self._clock()
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        return max(hits[0] + self.window - now, 0.001) if len(hits) >= self.per_minute else None
+
+    def _key_of(self, client: str) -> bytes:
+        return hmac.new(self._key, client.encode("utf-8", "replace"), hashlib.sha256).digest()
 
     def _evict(self, now: float) -> None:
         while len(self._hits) > self.max_clients:

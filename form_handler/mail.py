@@ -110,24 +110,37 @@ def _html(title: str, inner: str) -> str:
     )
 
 
-def confirmation_message(settings: Settings, *, to: str, title: str, confirm_url: str) -> EmailMessage:
-    """The double opt-in mail: one link that confirms the address for change notices of one policy."""
+def confirmation_message(settings: Settings, *, to: str, title: str, confirm_url: str, updates: bool,
+                         third_parties: bool) -> EmailMessage:
+    """The double opt-in mail: what the form asked for with this address, and one link that confirms it.
+
+    Until the link is followed, neither change e-mails nor third-party sharing start; the mail says so,
+    since the one who typed the address may not be its owner."""
     title = header_text(title) or "our policies"
-    msg = _envelope(settings, to, f"Please confirm: e-mails when our {title} changes")
-    intro = (
-        f"You asked us to e-mail you when our {title} changes. "
-        "Please confirm that this address is yours by opening this link:"
-    )
-    after = (
-        "If you did not ask for this, ignore this message: we will not write to you about changes, "
-        "and the link stops working after 14 days."
-    )
-    msg.set_content(f"Hello,\n\n{intro}\n\n{confirm_url}\n\n{after}\n")
+    asked = [f"e-mail you when our {title} changes"] if updates else []
+    asked += ["share your e-mail address with third parties"] if third_parties else []
+    if updates and third_parties:
+        subject = f"Please confirm: e-mails when our {title} changes, and sharing your address"
+        not_done = "we will neither e-mail you about changes nor share your address"
+    elif third_parties:
+        subject = "Please confirm: sharing your e-mail address with third parties"
+        not_done = "we will not share your address"
+    else:
+        subject = f"Please confirm: e-mails when our {title} changes"
+        not_done = "we will not e-mail you about changes"
+    msg = _envelope(settings, to, subject)
+    intro = "This address was given on our feedback form, with a request that we:"
+    ask = "None of this starts until you confirm that this address is yours and that you want it, by opening this link:"
+    after = f"If you did not ask for this, ignore this message: {not_done}, and the link stops working after 14 days."
+    listed = "\n".join(f"- {a}" for a in asked)
+    msg.set_content(f"Hello,\n\n{intro}\n{listed}\n\n{ask}\n\n{confirm_url}\n\n{after}\n")
     msg.add_alternative(
         _html(
             "Please confirm",
-            f"<p>Hello,</p><p>{html.escape(intro)}</p>"
-            + _link_html(confirm_url, "Yes, e-mail me when this policy changes")
+            f"<p>Hello,</p><p>{html.escape(intro)}</p><ul>"
+            + "".join(f"<li>{html.escape(a)}</li>" for a in asked)
+            + f"</ul><p>{html.escape(ask)}</p>"
+            + _link_html(confirm_url, "Yes, this is my address and I want this")
             + f"<p>{html.escape(after)}</p>",
         ),
         subtype="html",

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import pages, subscribers, tokens
 from .keys import LinkKeys
-from .ledger import UNAVAILABLE_ERRORS, LedgerError, LedgerRefusal, LedgerTxn, LedgerUnavailable
+from .ledger import Ledger, LedgerError, LedgerRefusal, LedgerTxn, LedgerUnavailable
 from .manifest import ManifestUnavailable
 from .tokens import LinkClaim, TokenRefused
 
@@ -52,10 +52,16 @@ class Link:
 LINKS = {
     link.path: link
     for link in (
+        # One text for every receipt (the mail that brought the person here lists what that one asked for).
         Link("confirm", "/api/confirm", "Confirm your e-mail address",
-             "You asked us to e-mail you when our {title} changes. Confirm that this address is yours.",
-             "Yes, e-mail me about changes", "Your address is confirmed",
-             "We will e-mail you when our {title} changes. Every such e-mail has a link to stop them."),
+             "This address was given on our feedback form with a request that we e-mail you when our {title} "
+             "changes, that we share your e-mail address with third parties, or both: the e-mail that brought "
+             "you here says which. Confirm that this address is yours and that you want this. Until you do, "
+             "we do neither.",
+             "Yes, this is my address and I want this", "Your address is confirmed",
+             "What you asked for on our feedback form now applies: e-mails when our {title} changes (each "
+             "with a link to stop them), sharing your e-mail address with third parties, or both, as you asked. "
+             "You can withdraw your consent at any time with your receipt."),
         Link("reconsent", "/api/reconsent", "Agree to the new version",
              "Our {title} has changed. You can agree to the new version here.",
              "I agree to the new version", "Thank you: your agreement is recorded",
@@ -81,7 +87,8 @@ def check(purpose: str, claim: LinkClaim, connection: Any) -> subscribers.Person
             raise LinkUsed("The consent this link belongs to was withdrawn or erased, so there is nothing to confirm.")
         if state["confirmed"]:
             raise LinkUsed("This link was already used: your address is confirmed.")
-        if not state["updates"]:
+        # Something to confirm while the receipt's change e-mails or its third-party consent still stand.
+        if not state["updates"] and not state["third_parties"]:
             raise LinkUsed("You have stopped e-mails about changes, so there is nothing to confirm.")
         return None
     person = subscribers.person_of(connection, claim.receipt_id)
@@ -148,14 +155,15 @@ async def show(request: Request) -> Response:
     try:
         now = time.time()
         claim = tokens.verify(_keys(request, now), request.query_params.get("token", ""), link.purpose, now=now)
-        reader = request.state.service.reader
-        person = await run_in_threadpool(check, link.purpose, claim, reader.connection)
+        reader: Ledger = request.state.service.reader
+        # A pooled read connection of its own: the service's reads run in many threads at once.
+        person = await run_in_threadpool(reader.read, lambda conn: check(link.purpose, claim, conn))
     except TokenRefused as e:
         return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason)
     except LinkUsed as e:
         return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e))
-    except (LedgerError, *UNAVAILABLE_ERRORS) as e:
-        # The check reads the ledger, which may be down (unreadable, moved).
+    except LedgerError as e:
+        # The check reads the ledger, which may be down (unreadable, moved, replaced by something else).
         log.error("cannot check %s link: %s", link.purpose, e)
         return await _page(request, link, 503, claim=None, title="Please try again later",
                            lead="We cannot read our records now. Please open the link again later.")

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from datetime import datetime, timezone
 
-from . import outbox
+from . import outbox, quota
 from .ledger import Ledger, LedgerError
 from .settings import Settings
 
@@ -59,6 +59,7 @@ class Mailer:
         if self._ledger is None:
             self._ledger = Ledger(self.settings.ledger_path)
         result = outbox.send_due(self._ledger.connection, self.settings)
+        quota.expire(self._ledger.connection)  # keyed hashes of addresses, kept no longer than their day
         if result.sent or result.failed:
             log.info("mail pass: sent %d, failed %d, gave up %d", result.sent, result.failed, result.gave_up)
         due = outbox.next_due(self._ledger.connection)

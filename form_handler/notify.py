@@ -1,8 +1,9 @@
 """`policy-site notify`: tell each subscriber, once, about the material changes since their version.
 
 Who is written to, per policy: every address (case-insensitive) with a standing receipt that asked for
-updates and whose address was confirmed, and whose latest agreement (consent or reconsent) is to a
-version older than a material change. One message per address, about the newest such change; when
+updates and whose address was confirmed, and whose latest agreement (consent or reconsent) on a
+confirmed receipt is to a version older than a material change; an unconfirmed submission of the
+address changes neither (subscribers.py). One message per address, about the newest such change; when
 several changes are pending it lists the earlier ones too, so nobody gets a stack of mails about texts
 that are already superseded. Each change the message covered is recorded as a `notice` entry right
 after the server took the message and before the next one is sent, and an address already noticed for

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .bodies import MAX_FIELDS
+from .limits import ADMIN_FAILURES_PER_MINUTE
 from .mail_routes import OPENAPI_PATHS as MAIL_LINK_PATHS
 from .settings import Settings
 from .submissions import EMAIL_MAX, ID_MAX, MESSAGE_MAX, PAGE_MAX
@@ -47,8 +48,8 @@ _TEXT_FIELDS: dict[str, Any] = {
 _CONSENTS = ("consent_contact", "consent_updates", "consent_third_parties")
 _CONSENT_TEXT = {
     "consent_contact": "Contact me about my feedback (needs email).",
-    "consent_updates": "E-mail me when the policies change (needs email).",
-    "consent_third_parties": "My email address may be passed to third parties.",
+    "consent_updates": "E-mail me when the policies change (needs email; starts once the address is confirmed).",
+    "consent_third_parties": "My email address may be passed to third parties (once the address is confirmed).",
 }
 _WITHDRAW_FIELDS = {
     "receipt_id": {"type": "string", "minLength": 1, "maxLength": 256},
@@ -154,13 +155,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "parameters": [
                     {"name": "format", "in": "query", "schema": {"enum": ["jsonl", "csv"], "default": "jsonl"}},
                     {"name": "third_party", "in": "query", "schema": {"enum": ["0", "1"], "default": "0"},
-                     "description": "1: only email addresses whose third-party consent stands."}],
+                     "description": "1: only email addresses whose confirmed third-party consent stands."}],
                 "responses": {
                     "200": {"description": "JSON Lines, or CSV safe against formula injection.", "content": {
                         "application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}},
                     "401": _errors("Missing or wrong admin token."),
                     "404": _errors("Admin routes are off (no POLICY_SITE_ADMIN_TOKEN)."),
                     "422": _errors("Unknown format."),
+                    "429": _errors(f"More than {ADMIN_FAILURES_PER_MINUTE} wrong tokens from this client within a "
+                                   "minute; until the minute passes every token is refused.", retry=True),
                     "503": _errors("The ledger cannot be read (answered before any row is sent).")},
             }},
             "/api/healthz": {"get": {"summary": "Is the ledger readable and the manifest available?",

@@ -1,42 +1,61 @@
-"""Double opt-in: a submission that asks for change e-mails queues a confirmation mail with it.
+"""Double opt-in: a submission that asks for change e-mails or third-party sharing queues a confirmation mail.
 
 The consent entry and the queued mail are written in one transaction, so either both exist or
 neither does, and the submission never waits on the mail server (the Mailer sends it afterwards).
-The address counts for change notices only once the link in that mail was followed (a
-`confirmation` entry, recorded by form_handler/mail_routes.py).
+What such a consent allows counts only once the link in that mail was followed (a `confirmation`
+entry, recorded by form_handler/mail_routes.py): change notices (subscribers.py) and the third-party
+export (reports.py) read only confirmed receipts, because anyone can type someone else's address.
+
+One address gets at most `settings.mail_per_recipient` confirmation mails a day (form_handler/quota.py).
+Over that, the consent is still recorded, without a mail, and the submitter is told nothing different:
+a different answer would tell anyone whether an address was already named today.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from starlette.requests import Request
 
-from . import outbox, tokens
+from . import outbox, quota, tokens
 from .keys import LinkKeys
 from .ledger import ConsentDraft, LedgerTxn, Receipt
 from .mail import MailError, confirmation_message
 from .settings import Settings
+
+log = logging.getLogger("form_handler.optin")
 
 
 def confirm_url(settings: Settings, token: str) -> str:
     return f"{settings.base_url}/api/confirm?token={token}"
 
 
+def needs_confirmation(draft: ConsentDraft) -> bool:
+    """Whether the submission asks for something that only the address's owner may confirm."""
+    return bool(draft.email) and (draft.consent_updates or draft.consent_third_parties)
+
+
 def consent_with_confirmation(txn: LedgerTxn, draft: ConsentDraft, *, settings: Settings, keys: LinkKeys,
                               title: str) -> Receipt:
-    """Append the consent and, when updates were asked for, queue the confirmation mail (one transaction)."""
+    """Append the consent and, when it needs confirming, queue the confirmation mail (one transaction)."""
     receipt = txn.append_consent(draft)
-    if draft.consent_updates and draft.email:
-        token = tokens.sign(keys.signing, "confirm", receipt.receipt_id, draft.policy_id, draft.policy_version, now=time.time())
-        try:
-            msg = confirmation_message(settings, to=draft.email, title=title, confirm_url=confirm_url(settings, token))
-        except MailError:
-            # The form validated the address; one our mail code still refuses is kept without a mail
-            # (the person simply never gets notices) rather than losing the submission.
-            return receipt
-        outbox.enqueue(txn.connection, receipt_id=receipt.receipt_id, kind="confirmation", msg=msg)
+    if draft.email is None or not needs_confirmation(draft):
+        return receipt
+    token = tokens.sign(keys.signing, "confirm", receipt.receipt_id, draft.policy_id, draft.policy_version, now=time.time())
+    try:
+        msg = confirmation_message(settings, to=draft.email, title=title, confirm_url=confirm_url(settings, token),
+                                   updates=draft.consent_updates, third_parties=draft.consent_third_parties)
+    except MailError:
+        # The form validated the address; one our mail code still refuses is kept without a mail
+        # (the consent then stays unconfirmed) rather than losing the submission.
+        return receipt
+    if not quota.take(txn.connection, keys.derive(quota.KEY_LABEL), draft.email, limit=settings.mail_per_recipient):
+        # Silent toward the submitter (same receipt, same status); the log names no address.
+        log.info("confirmation mail not queued: that address had %d today", settings.mail_per_recipient)
+        return receipt
+    outbox.enqueue(txn.connection, receipt_id=receipt.receipt_id, kind="confirmation", msg=msg)
     return receipt
 
 
@@ -54,6 +73,6 @@ async def record_consent(request: Request, draft: ConsentDraft) -> Receipt:
         lambda txn: consent_with_confirmation(txn, draft, settings=settings, keys=keys, title=title)
     )
     mailer = getattr(request.state, "mailer", None)
-    if mailer is not None and draft.consent_updates and draft.email:
-        mailer.wake()
+    if mailer is not None and needs_confirmation(draft):
+        mailer.wake()  # also when the quota held the mail back: the answer must not depend on it
     return receipt

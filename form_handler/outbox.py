@@ -117,14 +117,17 @@ def _write(connection: Any, sql: str, params: tuple[Any, ...], *, first: tuple[s
     return rows
 
 
-# A queued mail whose receipt has since been withdrawn or erased must not go out. Every withdrawal counts,
-# the e-mail unsubscribe (consent_updates set) too: the only mail queued is the confirmation of change e-mails.
+# A queued mail whose receipt has since been withdrawn or erased must not go out. The only mail queued is the
+# confirmation of change e-mails and/or third-party sharing, so the e-mail unsubscribe (a withdrawal with
+# consent_updates set) cancels it too, unless the receipt's third-party consent still waits for it.
 # Such rows are given up with their address and message dropped, in the claim's own transaction.
 CANCEL_WITHDRAWN = (
     "UPDATE outbox SET gave_up_at = ?1, claimed_until = NULL, recipient = '', message = x'',"
     " last_error = 'consent withdrawn or erased before sending'"
     " WHERE sent_at IS NULL AND gave_up_at IS NULL AND EXISTS (SELECT 1 FROM entries w"
-    " WHERE w.receipt_id = outbox.receipt_id AND w.kind IN ('withdrawal', 'erasure'))"
+    " WHERE w.receipt_id = outbox.receipt_id AND (w.kind = 'erasure' OR (w.kind = 'withdrawal'"
+    " AND (w.consent_updates IS NULL OR NOT EXISTS (SELECT 1 FROM entries c WHERE c.receipt_id = outbox.receipt_id"
+    " AND c.kind = 'consent' AND c.consent_third_parties)))))"
 )
 
 

@@ -1,7 +1,8 @@
 """The service's own HTML pages (receipt, withdrawn, error), rendered with autoescaping.
 
 Every value that came from a visitor or the ledger is escaped by Jinja2's autoescape (the receipt by
-the same escaping, see Prerendered); nothing is marked safe. Pages load only the service's own stylesheet, and the Content-Security-Policy says so.
+the same escaping, see Prerendered); nothing is marked safe. Pages load only the service's own stylesheet and
+run no script; the Content-Security-Policy that says so is set on every response (form_handler/security_headers.py).
 """
 
 from __future__ import annotations
@@ -26,15 +27,8 @@ _ENV = jinja2.Environment(
     # The templates ship in the package; checking their mtimes on every render cost ~8% of a submission.
     auto_reload=False,
 )
-# No scripts at all; forms post only to this service; no framing. Referrers stay on this origin: with
-# no-referrer, Chromium sends `Origin: null` on the receipt's withdraw form and the Origin check refuses it.
-HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+# The security headers (CSP, nosniff, Referrer-Policy) come from form_handler/security_headers.py.
+HEADERS = {"Cache-Control": "no-store"}
 
 
 def consent_sentences(receipt: Any, email: str | None) -> list[str]:
@@ -49,6 +43,27 @@ def consent_sentences(receipt: Any, email: str | None) -> list[str]:
         if receipt.consent_third_parties
         else "You did not agree to your email address being passed to third parties, so we will not pass it on.",
     ]
+
+
+# The receipt's word on the confirmation mail, and what waits for its link, by (updates, third parties). The
+# receipt the site's JavaScript shows in place (site_src/assets/feedback.js) holds the same strings, word for
+# word; tests/test_pages.py checks that. Said whether or not the per-address quota (form_handler/quota.py)
+# held this mail back: a receipt must not tell the submitter whether an address was already named today.
+CONFIRMATION_SENTENCE = (
+    "We are sending a confirmation e-mail to the address you gave. Only after you follow the link in it do we "
+    "{waits}. To spare the owner of an address unwanted mail, we send only a few such e-mails to one address a day."
+)
+CONFIRMATION_WAITS = {
+    (True, False): "e-mail you about changes to our policies",
+    (False, True): "share your address with third parties",
+    (True, True): "e-mail you about changes to our policies and share your address with third parties",
+}
+
+
+def confirmation_sentence(receipt: Any, email: str | None) -> str:
+    """What the confirmation mail is for and that nothing starts before its link is followed; "" when no mail."""
+    waits = CONFIRMATION_WAITS.get((bool(receipt.consent_updates), bool(receipt.consent_third_parties)))
+    return CONFIRMATION_SENTENCE.format(waits=waits) if email and waits else ""
 
 
 def _page(template: str, status: int, site_url: str, **context: Any) -> HTMLResponse:
@@ -118,13 +133,14 @@ def receipt_page(
     policy_url = f"{site_url}/{policy.url}" if policy else f"{site_url}/"
     version_url = f"{site_url}/{policy.versions.get(receipt.policy_version, policy.url)}" if policy else policy_url
     contact, updates, third_parties = consent_sentences(receipt, email)
+    confirmation = confirmation_sentence(receipt, email)
     html = _RECEIPT.render(
         {"site_url": site_url, "title": "Your feedback was recorded",
          "description": "Receipt for your feedback and the consent you gave.",
          "current": policy is None or receipt.policy_version == policy.current},
         {"receipt_id": receipt.receipt_id, "recorded_at": receipt.recorded_at, "policy_version": receipt.policy_version,
          "withdraw_token": receipt.withdraw_token, "email": email, "message": message,
-         "contact": contact, "updates": updates, "third_parties": third_parties,
+         "contact": contact, "updates": updates, "third_parties": third_parties, "confirmation": confirmation,
          "policy_title": title, "policy_url": policy_url, "version_url": version_url},
     )
     return HTMLResponse(html, status_code=200, headers=HEADERS)

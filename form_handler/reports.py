@@ -68,48 +68,65 @@ def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
 
 
 def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
-    """The first consent whose stored email/message no longer match the salted commitment."""
-    # The commitment column is checked against the chained bytes by first_column_mismatch.
+    """The first consent whose stored email, message or page no longer match the salted commitment."""
+    # The commitment column is checked against the chained bytes by first_column_mismatch, and the
+    # entry's format ("v": 1 commits to [email, message], 2 to [email, message, page]) by the chain.
     rows = conn.execute(
-        "SELECT e.seq, e.commitment, p.salt, p.email, p.message"
+        "SELECT e.seq, e.commitment, p.salt, p.email, p.message, p.page,"
+        " CASE WHEN json_valid(CAST(e.canonical AS TEXT)) THEN json_extract(CAST(e.canonical AS TEXT), '$.v') END"
         " FROM personal p JOIN entries e ON e.receipt_id = p.receipt_id AND e.kind = 'consent'"
     )
     first: int | None = None
-    for seq, expected, salt, email, message in rows:
-        if not hmac.compare_digest(str(expected), commitment(bytes(salt), email, message)):
+    for seq, expected, salt, email, message, page, v in rows:
+        v = v if isinstance(v, int) else 1
+        # A v1 consent chains its page: a page beside its personal data is covered by nothing, so it is wrong.
+        wrong = (v < 2 and page is not None) or not hmac.compare_digest(
+            str(expected), commitment(bytes(salt), email, message, page, v=v))
+        if wrong:
             first = seq if first is None else min(first, seq)
     if first is None:
         return None
-    return first, f"entry #{first}: email or message do not match the entry's commitment"
+    return first, f"entry #{first}: email, message or page do not match the entry's commitment"
 
 
 def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
-    """Every chained entry in order, with personal data where it still exists and the receipt's status."""
+    """Every chained entry in order, with personal data where it still exists and the receipt's status.
+
+    A consent's page comes from its personal data (entry format v2: none once erased), or from the chain
+    for a v1 consent, which chained it.
+    """
     rows = conn.execute(
-        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, r.withdrawn, r.erased, r.updates_stopped FROM entries e"
-        " LEFT JOIN personal p ON e.kind = 'consent' AND p.receipt_id = e.receipt_id"
+        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, p.page, r.withdrawn, r.erased, r.updates_stopped"
+        " FROM entries e LEFT JOIN personal p ON e.kind = 'consent' AND p.receipt_id = e.receipt_id"
         " LEFT JOIN receipts r ON r.receipt_id = e.receipt_id ORDER BY e.seq"
     )
     skip = {"v", "withdraw_token_sha256"}
-    for seq, digest, data, email, message, withdrawn, erased, stopped in rows:
+    for seq, digest, data, email, message, page, withdrawn, erased, stopped in rows:
         entry = json.loads(data)
         out: dict[str, Any] = {"seq": seq, "entry_hash": digest}
         for name in EXPORT_FIELDS[2:-6]:
             out[name] = entry.get(name)
+        if entry.get("v", 1) >= 2:
+            out["page"] = page
         out.update(email=email, message=message, withdrawn=bool(withdrawn), erased=bool(erased), updates_stopped=bool(stopped))
         out["details"] = {k: v for k, v in entry.items() if k not in out and k not in skip}
         yield out
 
 
 def third_party_emails(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
-    """Addresses whose third-party consent stands, one row each (case-insensitive).
+    """Addresses whose confirmed third-party consent stands, one row each (case-insensitive).
 
-    An address's latest submission decides: if it withholds or withdrew third-party consent, an
-    earlier consent from the same address does not count either.
+    Only receipts whose address was confirmed (the double opt-in link was followed) count: anyone can
+    type someone else's address into the form, and this export is the one that leaves the organisation.
+    Among an address's confirmed receipts the latest decides: if it withholds or withdrew third-party
+    consent, an earlier consent from the same address does not count either. Unconfirmed receipts
+    change nothing, in either direction.
     """
     rows = conn.execute(
-        "SELECT email, consent_third_parties, withdrawn, erased FROM receipts"
-        " WHERE email IS NOT NULL AND email <> '' ORDER BY seq DESC"
+        # The confirmation lookup uses the entries (receipt_id, kind) index, once per receipt with an address.
+        "SELECT r.email, r.consent_third_parties, r.withdrawn, r.erased FROM receipts r"
+        " WHERE r.email IS NOT NULL AND r.email <> '' AND EXISTS (SELECT 1 FROM entries k"
+        " WHERE k.receipt_id = r.receipt_id AND k.kind = 'confirmation') ORDER BY r.seq DESC"
     )
     decided: dict[str, tuple[str, bool]] = {}
     for email, third, withdrawn, erased in rows:

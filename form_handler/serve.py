@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import uvicorn
 
+from . import keys as link_keys
 from .app import create_app
 from .settings import Settings
 
@@ -53,6 +54,10 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, *, proj
     if not (settings.site_dir / "index.html").is_file():
         build_site(settings.site_dir, project_dir)
     settings = local_settings(settings, host, port)
+    try:
+        link_keys.load(settings)  # a key file others can read stops us here, with the fix, before uvicorn starts
+    except link_keys.KeyFileError as e:
+        raise ServeError(str(e)) from None
     app = create_app(settings, site_dir=settings.site_dir)
     click.echo(f"Serving the site and the API on http://{host}:{port}/ (ledger: {settings.ledger_path})", err=True)
     # No access log: it would print client addresses, which we promise not to keep.

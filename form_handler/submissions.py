@@ -116,8 +116,8 @@ def is_site_path(text: str) -> bool:
 
 def _page(raw: Any, errors: dict[str, str]) -> str:
     text = _text("page", raw, errors) if raw is not None else ""
-    # Keep only the path: the page is stored in the chained entry, which erasure cannot touch, and a query
-    # string or fragment (/feedback/?email=ada@example.org) can carry personal data.
+    # Keep only the path: a query string or fragment (/feedback/?email=ada@example.org) can carry personal
+    # data. The path is personal data too (kept beside the address, and erased with it; see ledger.py).
     text = (text or "").strip().split("#", 1)[0].split("?", 1)[0]
     if not text:
         return ""

@@ -4,7 +4,10 @@ A person is an e-mail address, compared case-insensitively, with every receipt t
 policy. What counts, entry by entry (all chained, so the decision can be proven later):
 
 - consent: the receipt and the version agreed to; `consent_updates` says whether they asked for mail;
-- confirmation: the address was confirmed by following the double opt-in link;
+- confirmation: the address was confirmed by following the double opt-in link. Only a confirmed
+  receipt speaks for the address: anyone can type someone else's address into the form, so an
+  unconfirmed one is kept as what it is (a claim) and changes nobody's version, subscription or
+  sharing (form_handler/reports.py applies the same rule to the third-party export);
 - reconsent: agreed to a newer version from a notice link;
 - withdrawal: with no consent flag, every consent of the receipt is withdrawn; with
   `consent_updates: false` only the wish for e-mails about changes is;
@@ -44,19 +47,21 @@ class _Receipt:
 
 @dataclass(frozen=True)
 class Person:
-    """One address's standing with one policy."""
+    """One address's standing with one policy: an address with at least one confirmed, standing receipt."""
 
     email: str
     policy_id: str
-    receipt_ids: tuple[str, ...]  # standing receipts (not withdrawn, not erased)
-    latest_receipt_id: str  # the receipt holding the latest agreement
-    latest_version: str
+    # Every standing receipt (not withdrawn, not erased), confirmed or not: a withdraw link withdraws them all,
+    # since withdrawing more than was confirmed is always safe.
+    receipt_ids: tuple[str, ...]
+    latest_receipt_id: str  # the confirmed receipt holding the latest agreement
+    latest_version: str  # from confirmed receipts only
     latest_at: str  # when that agreement was recorded (ISO-8601 UTC)
-    subscribed: bool  # asked for updates, confirmed the address, did not stop them
+    subscribed: bool  # a confirmed receipt asked for updates and they were not stopped
     confirmed: bool
-    updates_receipt_ids: tuple[str, ...]  # standing receipts whose updates have not been stopped
+    updates_receipt_ids: tuple[str, ...]  # standing receipts whose updates have not been stopped (to unsubscribe)
     noticed: frozenset[str]  # versions this address has already been told about
-    agreed: frozenset[str]  # every version agreed to on a standing receipt (consent or reconsent)
+    agreed: frozenset[str]  # every version agreed to on a confirmed standing receipt (consent or reconsent)
 
     @property
     def key(self) -> str:
@@ -100,7 +105,7 @@ def _receipts(connection: Any, policy_id: str, only: tuple[str, ...] | None = No
 
 
 def people(connection: Any, policy_id: str, *, only: tuple[str, ...] | None = None) -> list[Person]:
-    """Every address with at least one standing receipt for the policy, in order of first receipt.
+    """Every address with at least one confirmed, standing receipt for the policy, in order of first receipt.
 
     With `only`, just those receipts are read (a quick re-read of people already known)."""
     groups: dict[str, list[_Receipt]] = {}
@@ -110,12 +115,14 @@ def people(connection: Any, policy_id: str, *, only: tuple[str, ...] | None = No
     out = []
     for receipts in groups.values():
         standing = [r for r in receipts if r.standing]
-        if not standing:
+        # Only what the address's owner confirmed decides the version and the subscription: otherwise a
+        # stranger's unconfirmed post of the address on a newer version would stop her change notices.
+        confirmed = [r for r in standing if r.confirmed]
+        if not confirmed:
             continue
-        seq, version, at, holder = max((a + (r.receipt_id,) for r in standing for a in r.agreed))
+        seq, version, at, holder = max((a + (r.receipt_id,) for r in confirmed for a in r.agreed))
         updates = [r for r in standing if r.updates and not r.updates_withdrawn]
-        confirmed = any(r.confirmed for r in standing)
-        email = next(r.email for r in standing if r.receipt_id == holder)
+        email = next(r.email for r in confirmed if r.receipt_id == holder)
         out.append(
             Person(
                 email=(email or "").strip(),
@@ -127,10 +134,10 @@ def people(connection: Any, policy_id: str, *, only: tuple[str, ...] | None = No
                 # The confirmation must be on a receipt that still asks for updates: after someone stopped
                 # the e-mails, a new form post with their address must not sign them up again unconfirmed.
                 subscribed=any(r.confirmed for r in updates),
-                confirmed=confirmed,
+                confirmed=True,
                 updates_receipt_ids=tuple(r.receipt_id for r in updates),
                 noticed=frozenset(v for r in receipts for v in r.noticed),
-                agreed=frozenset(a[1] for r in standing for a in r.agreed),
+                agreed=frozenset(a[1] for r in confirmed for a in r.agreed),
             )
         )
     return out
@@ -164,14 +171,18 @@ def current(connection: Any, person: Person) -> Person | None:
 
 
 def receipt_state(connection: Any, receipt_id: str) -> dict[str, bool] | None:
-    """Plain facts about one receipt (confirmed, withdrawn, erased, updates), or None when unknown."""
+    """Plain facts about one receipt (confirmed, withdrawn, erased, updates, third_parties), or None when unknown.
+
+    `updates` and `third_parties` say whether that consent still stands (given, and not stopped)."""
     row = connection.execute(
-        "SELECT policy_id FROM entries WHERE receipt_id = ? AND kind = 'consent'", (receipt_id,)
+        "SELECT policy_id, consent_third_parties FROM entries WHERE receipt_id = ? AND kind = 'consent'", (receipt_id,)
     ).fetchone()
     if row is None:
         return None
-    r = _receipts(connection, row[0])[receipt_id]
+    r = _receipts(connection, row[0], (receipt_id,))[receipt_id]
     return {
         "confirmed": r.confirmed, "withdrawn": r.withdrawn, "erased": r.erased or not r.email,
         "updates": r.updates and not r.updates_withdrawn,
+        # Only a withdrawal without flags withdraws it, and that sets `withdrawn`.
+        "third_parties": bool(row[1]) and not r.withdrawn,
     }

@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +37,8 @@ LIFETIME: dict[str, int] = {
 
 # A domain-separation prefix, so a MAC made with this key for anything else can never pass as a link.
 _CONTEXT = b"policy-site link v1\n"
+# Two parts of the base64url alphabet around one dot; nothing else is a token we issued.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class TokenRefused(Exception):
@@ -62,7 +65,11 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     # validate=True: refuse characters outside the alphabet instead of silently skipping them.
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    # Only the one spelling we issue: padding or non-zero trailing bits would give one token many forms.
+    if _b64(data) != text:
+        raise ValueError("not canonical unpadded base64url")
+    return data
 
 
 def _mac(key: bytes, payload: bytes) -> bytes:
@@ -94,7 +101,7 @@ def verify(keys: bytes | Sequence[bytes], token: str, purpose: Purpose, *, now: 
 
     `keys` is the signing key, or every key that may verify now (the signing key, then keys being
     rotated out; see form_handler/keys.py)."""
-    if not token or len(token) > 1024 or token.count(".") != 1:
+    if len(token) > 1024 or not _TOKEN.fullmatch(token):
         raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.")
     payload_part, mac_part = token.split(".")
     try:
@@ -102,6 +109,8 @@ def verify(keys: bytes | Sequence[bytes], token: str, purpose: Purpose, *, now: 
         mac = _unb64(mac_part)
     except (binascii.Error, ValueError):
         raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.") from None
+    if len(mac) != 32:  # an HMAC-SHA256, whole
+        raise TokenRefused("This link is incomplete or damaged; open it again from the e-mail.")
     # Constant-time comparison: a timing difference must not reveal how much of a forged MAC was right.
     candidates = (keys,) if isinstance(keys, bytes) else tuple(keys)
     # Every candidate is compared (no early exit), so the time taken does not say which key matched.

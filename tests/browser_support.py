@@ -306,6 +306,30 @@ def error_problems(page: Any, fields: tuple[str, ...]) -> list[str]:
     return problems
 
 
+# --- the Content-Security-Policy and the console ---------------------------------------------------------------
+
+# Runs before the page's own scripts, and in spite of its policy (Playwright injects it through the browser).
+_REPORT_VIOLATIONS = """document.addEventListener('securitypolicyviolation', e => window.__policySiteViolation(
+    `${e.effectiveDirective} blocked ${e.blockedURI} on ${location.pathname}`));  // "inline" for inline code"""
+
+
+def watch_console(page: Any) -> list[str]:
+    """From now on, record what the page reports as wrong: CSP violations, console errors and uncaught errors
+    (Lighthouse's best-practices score counts the console's errors). The list fills as pages load."""
+    found: list[str] = []
+    page.on("console", lambda m: found.append(f"console error: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: found.append(f"uncaught error: {e}"))
+    page.expose_function("__policySiteViolation", lambda text: found.append(f"CSP violation: {text}"))
+    page.add_init_script(_REPORT_VIOLATIONS)
+    return found
+
+
+def settle(page: Any) -> None:
+    """Wait until the page has loaded and reported what it would (violations arrive a task later)."""
+    page.wait_for_load_state("load")
+    page.evaluate("() => new Promise(done => setTimeout(done, 200))")
+
+
 # --- axe-core --------------------------------------------------------------------------------------------------
 
 def axe_violations(page: Any) -> list[dict[str, Any]]:

@@ -54,6 +54,15 @@ def submission(message: str) -> dict[str, object]:
     return {"message": message, "policy_id": POLICY_ID, "policy_version": VERSION, "page": PAGE}
 
 
+def uvicorn_command(port: int) -> list[str]:
+    """The README's command for running the API alone, word for word (uvicorn from this interpreter's folder).
+
+    --no-proxy-headers: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1, so any local client
+    could pick the address the rate limit counts; POLICY_SITE_FORWARDED_ALLOW_IPS is the only trust."""
+    return [str(Path(sys.executable).with_name("uvicorn")), "form_handler.app:app", "--host", "127.0.0.1",
+            "--port", str(port), "--no-access-log", "--no-proxy-headers"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,8 +73,8 @@ class Server:
     """`uvicorn form_handler.app:app` as a real child process, started and stopped by the test."""
 
     def __init__(self, workdir: Path, ledger: Path, manifest: Path, *, workers: int = 1,
-                 env: dict[str, str] | None = None) -> None:
-        self.workdir, self.ledger, self.workers = workdir, ledger, workers
+                 env: dict[str, str] | None = None, log_level: str | None = "warning") -> None:
+        self.workdir, self.ledger, self.workers, self.log_level = workdir, ledger, workers, log_level
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "POLICY_SITE_LEDGER": str(ledger), "POLICY_SITE_MANIFEST": str(manifest),
@@ -75,8 +84,9 @@ class Server:
         self.starts = 0
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "form_handler.app:app", "--host", "127.0.0.1",
-               "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
+        cmd = uvicorn_command(self.port)
+        if self.log_level is not None:
+            cmd += ["--log-level", self.log_level]
         if self.workers > 1:
             cmd += ["--workers", str(self.workers)]
         with self.log.open("ab") as log:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from form_handler.ledger import ConsentDraft
+from form_handler.ledger import ConsentDraft, Ledger, Receipt
 
 VERSION = "a" * 64
 
@@ -18,6 +18,14 @@ def draft(email: str | None = "ada@example.org", message: str = "Hello", *, thir
         policy_id="privacy", policy_version=version, page=page, message=message, email=email,
         consent_contact=email is not None, consent_updates=updates, consent_third_parties=third,
     )
+
+
+def confirmed(ledger: Ledger, d: ConsentDraft) -> Receipt:
+    """Append a consent and its confirmation, as after its owner followed the link in the mail."""
+    with ledger.transaction() as txn:
+        receipt = txn.append_consent(d)
+        txn.append("confirmation", receipt.receipt_id, policy_id=d.policy_id)
+    return receipt
 
 
 def make_read_only(path: Path) -> None:

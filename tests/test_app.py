@@ -19,6 +19,7 @@ from form_handler.ledger import Ledger
 from form_handler.openapi import openapi_document
 from form_handler.settings import Settings
 from form_handler.writer import GroupCommitWriter
+from service_client import service_client
 
 VERSION, OLD = "5" * 64, "4" * 64
 FORM = {"message": "Hello there", "policy_id": "privacy", "policy_version": VERSION, "page": "/feedback/"}
@@ -39,7 +40,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with service_client(settings) as c:
         yield c
 
 
@@ -65,15 +66,19 @@ def test_json_submission_gets_201_receipt_that_appears_in_export_and_verifies(cl
         assert ledger.verify().ok and ledger.head().count == 1
 
 
-def test_page_query_with_an_address_is_not_kept_after_erasure(client: TestClient, settings: Settings) -> None:
-    # The page lands in the chained entry, which erasure cannot change: only its path may be stored.
-    receipt = submit(client, email="b@example.org", consent_contact=True, page="/feedback/?email=b@example.org#b@example.org").json()
+def test_page_is_kept_as_a_path_and_erased_with_the_address(client: TestClient, settings: Settings) -> None:
+    # A path can name a person (/feedback/<name>/<IBAN>/): it is personal data, outside the chain.
+    page = "/feedback/b-example/DE89370400440532013000/"
+    receipt = submit(client, email="b@example.org", consent_contact=True, page=page + "?email=b@example.org#b").json()
+    export = client.get("/api/export", headers={"Authorization": "Bearer s3cret"})
+    assert json.loads(export.text.splitlines()[0])["page"] == page  # the query string was never stored
     with Ledger(settings.ledger_path) as ledger:
         ledger.erase(receipt["receipt_id"])
         canonical = b"".join(row[0] for row in ledger.connection.execute("SELECT canonical FROM entries"))
     export = client.get("/api/export", headers={"Authorization": "Bearer s3cret"})
-    assert export.status_code == 200 and json.loads(export.text.splitlines()[0])["page"] == "/feedback/"
-    assert "b@example.org" not in export.text and b"b@example.org" not in canonical
+    assert export.status_code == 200 and json.loads(export.text.splitlines()[0])["page"] is None
+    for trace in ("b@example.org", "b-example", "DE89370400440532013000"):
+        assert trace not in export.text and trace.encode() not in canonical
 
 
 @pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
@@ -91,7 +96,7 @@ def test_form_post_gets_html_receipt_saying_what_was_recorded(client: TestClient
     assert "You did not ask us to contact you" in html and "will not pass it on" in html
     assert "shown only this once" in html and 'action="/api/withdraw"' in html
     assert VERSION in html and "https://policies.example/privacy/" in html
-    assert r.headers["cache-control"] == "no-store" and "default-src 'none'" in r.headers["content-security-policy"]
+    assert r.headers["cache-control"] == "no-store" and "script-src 'none'" in r.headers["content-security-policy"]
 
 
 def test_past_version_listed_in_manifest_is_accepted(client: TestClient) -> None:
@@ -151,7 +156,7 @@ def test_oversized_form_post_gets_an_html_413(client: TestClient) -> None:
 
 
 def test_rate_limit_answers_429_with_retry_after(settings: Settings) -> None:
-    with TestClient(create_app(replace(settings, rate_limit=2))) as client:
+    with service_client(replace(settings, rate_limit=2)) as client:
         assert [submit(client).status_code for _ in range(3)] == [201, 201, 429]
         r = submit(client)
         assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 60
@@ -159,7 +164,7 @@ def test_rate_limit_answers_429_with_retry_after(settings: Settings) -> None:
 
 
 def test_missing_manifest_answers_503_not_500(settings: Settings) -> None:
-    with TestClient(create_app(replace(settings, manifest=str(settings.ledger_path.parent / "nope.json")))) as client:
+    with service_client(replace(settings, manifest=str(settings.ledger_path.parent / "nope.json"))) as client:
         r = submit(client)
         assert r.status_code == 503 and "policy_version" in r.json()["errors"]
         assert client.get("/api/healthz").json()["manifest"] == "unavailable"
@@ -170,7 +175,7 @@ def test_full_ledger_disk_answers_503_and_recovers_by_itself(settings: Settings)
     writer = GroupCommitWriter(settings.ledger_path)
     writer.start()
     try:
-        with TestClient(create_app(settings, writer=writer)) as client:
+        with service_client(settings, create_app(settings, writer=writer)) as client:
             assert submit(client).status_code == 201
             # A real SQLITE_FULL: the writer's connection may not grow the file by another page.
             conn = writer.ledger.connection
@@ -188,8 +193,11 @@ def test_full_ledger_disk_answers_503_and_recovers_by_itself(settings: Settings)
 
 
 def test_allowed_and_own_origins_may_post(client: TestClient) -> None:
-    for origin in ("https://friend.example", "https://policies.example", "http://testserver", "HTTPS://Friend.Example:443"):
+    for origin in ("https://friend.example", "https://policies.example", "HTTPS://Friend.Example:443"):
         assert client.post("/api/feedback", json=FORM, headers={"Origin": origin}).status_code == 201
+    # Its own origin, reached on another port than base_url's (the Host check compares names, not ports).
+    own = "http://policies.example:8080"
+    assert client.post(own + "/api/feedback", json=FORM, headers={"Origin": own}).status_code == 201
 
 
 def test_cors_headers_only_for_allowed_origins(client: TestClient) -> None:
@@ -242,8 +250,28 @@ def test_export_needs_the_admin_token(client: TestClient) -> None:
     assert client.get("/api/export?format=xml", headers={"Authorization": "Bearer s3cret"}).status_code == 422
 
 
-def test_export_csv_is_safe_against_formulas(client: TestClient) -> None:
-    submit(client, message="=HYPERLINK(\"http://evil\")", email="c@example.org", consent_third_parties=True)
+def test_export_after_ten_wrong_tokens_answers_429_even_to_the_right_token(client: TestClient) -> None:
+    # The fixture's rate_limit is 0: this limit is on whatever POLICY_SITE_RATE_LIMIT says.
+    wrong = [client.get("/api/export", headers={"Authorization": f"Bearer guess{i}"}) for i in range(10)]
+    assert [r.status_code for r in wrong] == [401] * 10
+    for headers in ({"Authorization": "Bearer guess"}, {"Authorization": "Bearer s3cret"}, {}):
+        r = client.get("/api/export", headers=headers)
+        assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 60 and "authorization" in r.json()["errors"]
+
+
+def test_export_with_the_right_token_does_not_count_against_the_limit(client: TestClient) -> None:
+    for _ in range(9):
+        assert client.get("/api/export").status_code == 401
+    right = [client.get("/api/export", headers={"Authorization": "Bearer s3cret"}) for _ in range(20)]
+    assert [r.status_code for r in right] == [200] * 20
+    assert client.get("/api/export").status_code == 401  # the tenth failure
+    assert client.get("/api/export", headers={"Authorization": "Bearer s3cret"}).status_code == 429
+
+
+def test_export_csv_is_safe_against_formulas(client: TestClient, settings: Settings) -> None:
+    receipt = submit(client, message="=HYPERLINK(\"http://evil\")", email="c@example.org", consent_third_parties=True)
+    with Ledger(settings.ledger_path) as ledger, ledger.transaction() as txn:  # its owner followed the mailed link
+        txn.append("confirmation", receipt.json()["receipt_id"], policy_id="privacy")
     r = client.get("/api/export?format=csv", headers={"Authorization": "Bearer s3cret"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "'=HYPERLINK" in r.text
@@ -271,7 +299,7 @@ def test_export_rows_close_their_read_connection_when_abandoned(client: TestClie
 
 
 def test_export_is_off_without_an_admin_token(settings: Settings) -> None:
-    with TestClient(create_app(replace(settings, admin_token=None))) as client:
+    with service_client(replace(settings, admin_token=None)) as client:
         assert client.get("/api/export", headers={"Authorization": "Bearer "}).status_code == 404
 
 

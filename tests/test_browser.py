@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from browser_support import (
     ARTIFACTS, FIELDS, ShownReceipt, axe_violations, read_receipt, wait_for_receipt, banner_problems, error_problems, format_violations,
-    browser, server, site_paths, submit_feedback, visit, withdraw_shown,
+    browser, fill_form, server, settle, site_paths, submit_feedback, visit, watch_console, withdraw_shown,
 )
 
+from form_handler.pages import CONFIRMATION_SENTENCE, CONFIRMATION_WAITS
 from scripts.demo_site import ACTIVE_CHANGE, ADDED_WORD, REMOVED_WORD, Server, ledger_export, manifest
 
 pytestmark = pytest.mark.browser
@@ -75,6 +76,8 @@ def test_feedback_without_javascript_receipt_withdraw_and_export(server: Server,
         shown = submit_feedback(page, server.base_url, message="No JavaScript here.", email="nojs@example.org",
                                 consents=ticked)
         assert not shown.url.startswith(server.base_url + "feedback/"), "no receipt page was shown"
+        # Sharing waits for the address's owner; the receipt page says so in the words the inline receipt uses.
+        assert CONFIRMATION_SENTENCE.format(waits=CONFIRMATION_WAITS[(False, True)]) in shown.text
         page.screenshot(path=str(ARTIFACTS / "receipt.png"), full_page=True)
         withdraw_shown(page)
     _assert_export_matches(server, shown, ticked)
@@ -87,6 +90,7 @@ def test_feedback_with_javascript_inline_receipt_withdraw_and_export(server: Ser
         shown = submit_feedback(page, server.base_url, message="Sent with fetch.", email="js@example.org",
                                 consents=ticked)
         assert shown.url == server.base_url + "feedback/", "the receipt should be shown in place"
+        assert CONFIRMATION_SENTENCE.format(waits=CONFIRMATION_WAITS[(True, False)]) in shown.text
         withdraw_shown(page)
         assert page.url == server.base_url + "feedback/"
     _assert_export_matches(server, shown, ticked)
@@ -153,3 +157,30 @@ def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> No
             assert response is not None and response.status == 200, f"{url}: HTTP {response and response.status}"
         violations = axe_violations(page)
         assert not violations, format_violations(url, violations)
+
+
+@pytest.mark.parametrize("which", ["home", "policy", "changes", "past version", "feedback", "receipt",
+                                   "inline receipt"])
+def test_no_page_breaks_the_content_security_policy_or_logs_an_error(server: Server, browser: Any, which: str) -> None:
+    past = [v["url"] for v in _policy(server.site_dir)["versions"] if not v["current"]]
+    urls = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "past version": past[0] if past else "",
+            "feedback": "feedback/"}
+    with visit(browser) as v:
+        page = v.context.new_page()
+        problems = watch_console(page)
+        if which == "receipt":  # the receipt page a plain form post answers with, here with JavaScript on
+            page.goto(server.base_url + "feedback/")
+            fill_form(page, "For the CSP check.", None, ())
+            with page.expect_navigation():
+                page.evaluate("() => document.querySelector('[data-feedback-form]').submit()")  # no submit event
+            assert "Your feedback was recorded" in page.content(), page.content()[:500]
+        elif which == "inline receipt":
+            submit_feedback(page, server.base_url, message="For the CSP check, sent with fetch.")
+            withdraw_shown(page)
+        else:
+            assert which != "past version" or past, "the manifest lists no past version"
+            response = page.goto(server.base_url + urls[which])
+            assert response is not None and response.status == 200, f"{which}: HTTP {response and response.status}"
+        settle(page)
+        assert problems == [], f"{which}: " + "\n".join(problems)
+

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from browser_support import (
     axe_violations, banner_problems, browser, demo_site, error_problems, foreign_requests, open_visit,
-    privacy_problems, remove_element, site_paths, start_server, submit_feedback, visit,
+    privacy_problems, remove_element, settle, site_paths, start_server, submit_feedback, visit, watch_console,
 )
 
 from scripts.demo_site import Server
@@ -71,14 +71,38 @@ def test_form_check_fails_when_the_form_posts_nowhere(broken: Server, browser: A
 
 @pytest.mark.browser
 def test_visit_check_fails_when_a_page_loads_a_font_from_another_host(broken: Server, browser: Any) -> None:
-    v = open_visit(browser)
+    # bypass_csp: the site's policy now stops the font before it is requested; this proves the visit's own check.
+    v = open_visit(browser, bypass_csp=True)
     try:
         v.context.new_page().goto(broken.base_url)
         assert privacy_problems(v) == [f"request to another host: {FONT_URL}"]
     finally:
         v.context.close()
-    with pytest.raises(AssertionError, match="fonts.googleapis.com"), visit(browser) as v2:
+    with pytest.raises(AssertionError, match="fonts.googleapis.com"), visit(browser, bypass_csp=True) as v2:
         v2.context.new_page().goto(broken.base_url)
+
+
+@pytest.mark.browser
+def test_console_check_reports_the_font_the_site_policy_blocks(broken: Server, browser: Any) -> None:
+    with visit(browser) as v:
+        page = v.context.new_page()
+        problems = watch_console(page)
+        page.goto(broken.base_url)
+        settle(page)
+    assert any(p.startswith("CSP violation: style-src-elem blocked https://fonts.googleapis.com/") for p in problems), \
+        problems
+
+
+@pytest.mark.browser
+def test_console_check_reports_an_inline_script_on_a_service_page(broken: Server, browser: Any) -> None:
+    # The service's pages (here a damaged e-mail link's) run no script at all, and the check still listens there.
+    with visit(browser) as v:
+        page = v.context.new_page()
+        problems = watch_console(page)
+        page.goto(broken.base_url + "api/confirm?token=damaged")
+        page.evaluate("() => document.body.append(Object.assign(document.createElement('script'), {text: '1'}))")
+        settle(page)
+    assert any(p.startswith("CSP violation: script-src-elem blocked inline") for p in problems), problems
 
 
 @pytest.mark.browser

@@ -74,11 +74,14 @@ def test_export_csv_neutralises_formulas(filled: tuple[Path, list[Receipt]]) -> 
 
 def test_export_third_party_jsonl_and_erase(filled: tuple[Path, list[Receipt]]) -> None:
     path, receipts = filled
+    with Ledger(path) as led, led.transaction() as txn:  # every owner but p5's followed the confirmation link
+        for r in receipts[:5] + receipts[6:]:
+            txn.append("confirmation", r.receipt_id, policy_id="privacy")
     code, out = invoke("erase", "--ledger", str(path), receipts[0].receipt_id)
-    assert code == 0 and "erasure entry #8" in out
+    assert code == 0 and "erasure entry #14" in out
     code, out = invoke("export", "--ledger", str(path), "--third-party")
     emails = [json.loads(line)["email"] for line in out.splitlines()]
-    assert emails == ["=evil@example.org"] + [f"p{i}@example.org" for i in range(1, 6)]
+    assert emails == ["=evil@example.org"] + [f"p{i}@example.org" for i in range(1, 5)]
 
 
 def test_stats_prints_json_and_unknown_receipt_is_an_error(filled: tuple[Path, list[Receipt]]) -> None:
@@ -111,3 +114,13 @@ def test_real_process_verify_uses_env_ledger(filled: tuple[Path, list[Receipt]],
         led.connection.execute("UPDATE entries SET canonical = canonical || x'20' WHERE seq = 2")
     done = subprocess.run([str(POLICY_SITE), "ledger", "verify"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1 and "Error:" in done.stderr and "entry #2" in done.stderr
+
+
+def test_verify_on_a_ledger_of_the_old_schema_migrates_it_and_passes(tmp_path: Path) -> None:
+    # Written by the code before schema 3 (tests/fixtures/ledgers/make_schema_2.py); verify opens it read-only.
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes((Path(__file__).parent / "fixtures" / "ledgers" / "schema-2.sqlite3").read_bytes())
+    code, out = invoke("verify", "--ledger", str(path))
+    assert code == 0 and "entries: 8\n" in out and "chain: ok" in out, out
+    code, out = invoke("erase", "--ledger", str(path), "01a22c67d5846c10457de3dd20df3bcd")  # bob's v1 consent
+    assert code == 0 and "erasure entry #9" in out and invoke("verify", "--ledger", str(path))[0] == 0

@@ -21,7 +21,7 @@ README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8"
 
 def _setting_names() -> set[str]:
     source = inspect.getsource(settings.Settings.from_env)
-    names = set(re.findall(r'(?:get|integer|boolean)\("([A-Z_]+)"', source))
+    names = set(re.findall(r'(?:get|integer|boolean|day|listed)\("([A-Z_]+)"', source))
     assert names, "found no POLICY_SITE_* settings in Settings.from_env"
     return {f"POLICY_SITE_{name}" for name in names}
 

@@ -33,6 +33,7 @@ from form_handler.settings import Settings
 from form_handler.submissions import (
     CONSENTS, FIELDS, MESSAGE_MAX, ValidationFailed, decode_json, decode_urlencoded, parse_submission,
 )
+from service_client import service_client
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,17 +87,17 @@ def test_decode_json_and_urlencoded_never_raise(body: bytes) -> None:
             assert result.status in (400, 422)
 
 
-def build(tmp: Path) -> tuple[Starlette, Path]:
+def build(tmp: Path) -> tuple[Settings, Starlette, Path]:
     ledger = tmp / "ledger.sqlite3"
-    app = create_app(Settings(ledger_path=ledger, manifest=str(write_manifest(tmp / "policy-versions.json")),
-                              rate_limit=0, admin_token="fuzz-admin-token"))
-    return app, ledger
+    built = Settings(ledger_path=ledger, manifest=str(write_manifest(tmp / "policy-versions.json")),
+                     rate_limit=0, admin_token="fuzz-admin-token")
+    return built, create_app(built), ledger
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
-    app, ledger = build(tmp_path_factory.mktemp("bodies"))
-    with TestClient(app) as c:
+    built, app, ledger = build(tmp_path_factory.mktemp("bodies"))
+    with service_client(built, app) as c:
         yield c, ledger
 
 
@@ -121,7 +122,7 @@ def entries(ledger: Path) -> int:
 # schemathesis' ASGI transport; the app's lifespan starts on the first call, not at import.
 _TMP = Path(tempfile.mkdtemp(prefix="policy-site-fuzz-"))
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
-APP, LEDGER = build(_TMP)
+SETTINGS, APP, LEDGER = build(_TMP)
 schema = schemathesis.openapi.from_dict(openapi_document(Settings(admin_token="fuzz-admin-token")))
 schema.app = APP
 
@@ -135,7 +136,7 @@ def map_body(context: Any, body: Any) -> Any:
 
 
 def test_fuzzed_schema_is_the_served_one() -> None:
-    with TestClient(APP) as c:
+    with service_client(SETTINGS, APP) as c:
         assert c.get("/api/openapi.json").json() == dict(schema.raw_schema)
 
 
@@ -144,7 +145,7 @@ def test_fuzzed_schema_is_the_served_one() -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 def test_api_never_answers_5xx_and_stores_nothing_it_refuses(case: Any) -> None:
     before = entries(LEDGER)
-    response = case.call()
+    response = case.call(base_url=SETTINGS.base_url)  # the Host the service answers to (form_handler/hosts.py)
     TRIED["schemathesis"][response.status_code] += 1
     assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
     if response.status_code >= 400:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import apsw
 import pytest
-from ledger_helpers import draft, make_read_only, make_writable
+from ledger_helpers import confirmed, draft, make_read_only, make_writable
 
 from form_handler import subscribers
 from form_handler.chain import Checkpoint, canonical, entry_hash
@@ -113,13 +113,13 @@ def test_changing_one_byte_of_an_entry_fails_verify_at_that_entry(ledger: Ledger
     ledger.close()
     conn = sqlite3.connect(ledger.path)  # Python's own sqlite3, as an attacker would use
     conn.execute("DROP TRIGGER entries_no_update")
-    conn.execute("UPDATE entries SET canonical = CAST(replace(CAST(canonical AS TEXT), '/feedback/', '/feedbacc/')"
-                 " AS BLOB), page = '/feedbacc/' WHERE seq = 3")
+    conn.execute("UPDATE entries SET canonical = CAST(replace(CAST(canonical AS TEXT), '\"privacy\"', '\"privacz\"')"
+                 " AS BLOB), policy_id = 'privacz' WHERE seq = 3")
     conn.commit()
     conn.close()
     report = Ledger(ledger.path).verify()
     assert not report.ok and report.first_bad_seq == 3
-    assert "entry #3" in (report.problem or "")
+    assert report.problem == "entry #3 does not match its hash"
 
 
 def test_verify_against_checkpoint_catches_truncation(ledger: Ledger) -> None:
@@ -175,23 +175,34 @@ def test_stats_stop_counting_updates_after_an_unsubscribe(ledger: Ledger) -> Non
     assert stats["per_consent"]["updates"] == 5 and stats["standing"] == 6
 
 
-def test_third_party_export_only_standing_consents_deduped(ledger: Ledger) -> None:
-    ledger.append_consent(draft(email="Ada@Example.org", third=True))
-    ledger.append_consent(draft(email="ada@example.org", third=True))
-    ledger.append_consent(draft(email="bob@example.org", third=False))
-    withdrawn = ledger.append_consent(draft(email="cy@example.org", third=True))
+def test_third_party_export_only_standing_confirmed_consents_deduped(ledger: Ledger) -> None:
+    confirmed(ledger, draft(email="Ada@Example.org", third=True))
+    confirmed(ledger, draft(email="ada@example.org", third=True))
+    confirmed(ledger, draft(email="bob@example.org", third=False))
+    withdrawn = confirmed(ledger, draft(email="cy@example.org", third=True))
     ledger.withdraw(withdrawn.receipt_id, withdrawn.withdraw_token)
-    erased = ledger.append_consent(draft(email="di@example.org", third=True))
+    erased = confirmed(ledger, draft(email="di@example.org", third=True))
     ledger.erase(erased.receipt_id)
+    ledger.append_consent(draft(email="eve@example.org", third=True))  # never confirmed by its owner
     assert list(ledger.export(third_party=True)) == [{"email": "ada@example.org"}]
 
 
 def test_third_party_export_groups_addresses_as_the_notices_do(ledger: Ledger) -> None:
     # One rule (addresses.email_key): the later refusal under another spelling of the same address counts.
-    ledger.append_consent(draft(email="STRASSE@example.org", third=True))
-    ledger.append_consent(draft(email="straße@example.org", third=False))
+    confirmed(ledger, draft(email="STRASSE@example.org", third=True))
+    confirmed(ledger, draft(email="straße@example.org", third=False))
     assert [p.email for p in subscribers.people(ledger.connection, "privacy")] == ["straße@example.org"]
     assert list(ledger.export(third_party=True)) == []
+
+
+def test_third_party_export_ignores_unconfirmed_receipts_either_way(ledger: Ledger) -> None:
+    # A stranger's post of an address can neither put it back on the list after a withdrawal nor take it off.
+    withdrawn = confirmed(ledger, draft(email="ann@example.org", third=True))
+    ledger.withdraw(withdrawn.receipt_id, withdrawn.withdraw_token)
+    ledger.append_consent(draft(email="ann@example.org", third=True))
+    confirmed(ledger, draft(email="bob@example.org", third=True))
+    ledger.append_consent(draft(email="BOB@example.org", third=False))
+    assert list(ledger.export(third_party=True)) == [{"email": "bob@example.org"}]
 
 
 def test_full_export_joins_personal_data_and_status(ledger: Ledger) -> None:
@@ -290,3 +301,28 @@ def test_every_connection_reads_back_wal_full_and_busy_timeout(ledger: Ledger) -
                 assert pragmas["busy_timeout"] >= 5000
         finally:
             exporter.close()
+
+
+def test_page_is_erased_with_the_address_and_message_and_verify_passes(ledger: Ledger) -> None:
+    from form_handler.export import lines
+
+    page = "/feedback/ann-example/DE89370400440532013000/"  # a path can carry a name and an IBAN
+    receipt = ledger.append_consent(draft(email="ann@example.org", message="my words", page=page))
+    ledger.append_consent(draft(email="bob@example.org", page="/feedback/bob-example/"))
+    data = ledger.connection.execute("SELECT canonical FROM entries WHERE seq = 1").fetchall()[0][0]
+    assert page.encode() not in data and b'"v":2' in data  # v2: the commitment covers the page instead
+    assert [r["page"] for r in ledger.export()] == [page, "/feedback/bob-example/"]
+    ledger.erase(receipt.receipt_id)
+    rows = list(ledger.export())
+    assert [r["page"] for r in rows] == [None, "/feedback/bob-example/", None] and ledger.verify().ok
+    exported = "".join(lines(rows, "jsonl")) + "".join(lines(rows, "csv"))
+    raw = ledger.path.read_bytes() + Path(f"{ledger.path}-wal").read_bytes()  # after erase's checkpoint
+    for trace in ("ann-example", "DE89370400440532013000", "ann@example.org", "my words"):
+        assert trace not in exported and trace.encode() not in raw
+    assert b"bob-example" in raw and ledger.stats()["submissions"] is None
+
+
+def test_a_chained_entry_may_not_carry_a_page(ledger: Ledger) -> None:
+    receipt = ledger.append_consent(draft())
+    with ledger.transaction() as txn, pytest.raises(ValueError, match="page is personal data"):
+        txn.append("notice", receipt.receipt_id, policy_id="privacy", page="/feedback/someone/")

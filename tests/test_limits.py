@@ -98,6 +98,16 @@ def test_rate_limiter_window_slides() -> None:
     assert limiter.hit("a") is None and limiter.hit("a") is not None
 
 
+def test_rate_limiter_wait_says_when_without_counting() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert [limiter.wait("a") for _ in range(5)] == [None] * 5 and len(limiter) == 0  # never counted
+    limiter.hit("a"), limiter.hit("a")
+    assert limiter.wait("a") == 60.0 and limiter.wait("b") is None
+    now[0] = 60.0  # the window passed
+    assert limiter.wait("a") is None and limiter.hit("a") is None
+
+
 def test_rate_limiter_zero_is_off() -> None:
     limiter = RateLimiter(0)
     assert all(limiter.hit("a") is None for _ in range(1000)) and len(limiter) == 0

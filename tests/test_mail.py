@@ -88,11 +88,27 @@ def test_recipient_refuses_anything_but_one_address(bad: str) -> None:
 
 def test_confirmation_message_links_to_the_confirm_url() -> None:
     msg = confirmation_message(
-        settings_for(25), to="ann@example.com", title="Privacy\nPolicy", confirm_url="https://x/api/confirm?token=C"
+        settings_for(25), to="ann@example.com", title="Privacy\nPolicy", confirm_url="https://x/api/confirm?token=C",
+        updates=True, third_parties=False,
     )
     assert msg["Subject"] == "Please confirm: e-mails when our Privacy Policy changes"
     assert "https://x/api/confirm?token=C" in body(msg)
     assert "token=C" in body(msg, "html")
+
+
+@pytest.mark.parametrize(("updates", "third", "subject"), [
+    (True, False, "Please confirm: e-mails when our Privacy Policy changes"),
+    (False, True, "Please confirm: sharing your e-mail address with third parties"),
+    (True, True, "Please confirm: e-mails when our Privacy Policy changes, and sharing your address"),
+])
+def test_confirmation_message_says_what_confirming_starts(updates: bool, third: bool, subject: str) -> None:
+    msg = confirmation_message(settings_for(25), to="ann@example.com", title="Privacy Policy",
+                               confirm_url="https://x/api/confirm?token=C", updates=updates, third_parties=third)
+    text, html_part = body(msg), body(msg, "html")
+    assert msg["Subject"] == subject and "None of this starts until you confirm" in text
+    for asked, wanted in (("- e-mail you when our Privacy Policy changes", updates),
+                          ("- share your e-mail address with third parties", third)):
+        assert (asked in text) is wanted and (f"<li>{asked[2:]}</li>" in html_part) is wanted
 
 
 def test_smtp_session_delivers_to_exactly_one_recipient(smtp: MailServer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import timedelta
 from email.message import EmailMessage
@@ -13,10 +14,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from mailserver import MailServer, body, free_port
+from service_client import service_client
 from starlette.testclient import TestClient
 
 from form_handler import keys, notify, outbox, tokens
-from form_handler.app import create_app
 from form_handler.ledger import Ledger
 from form_handler.settings import Settings
 
@@ -50,7 +51,7 @@ def settings(tmp_path: Path, smtp: MailServer) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with service_client(settings) as c:
         yield c
 
 
@@ -60,10 +61,14 @@ def kinds(settings: Settings) -> list[tuple[str, int | None]]:
     return [(str(k), None if u is None else int(u)) for k, u in rows]
 
 
-def subscribe(client: TestClient, email: str = "ann@example.com") -> str:
+def subscribe(client: TestClient, email: str = "ann@example.com", *, confirm: bool = False) -> str:
+    """A submission asking for change e-mails; with confirm, its owner then follows the confirmation link."""
     r = client.post("/api/feedback", json={**FORM, "email": email, "consent_updates": True})
     assert r.status_code == 201, r.text
-    return str(r.json()["receipt_id"])
+    receipt_id = str(r.json()["receipt_id"])
+    if confirm:
+        assert client.post(link("confirm", receipt_id, V1)).status_code == 200
+    return receipt_id
 
 
 def link(purpose: tokens.Purpose, receipt_id: str, version: str = V2, lifetime: int | None = None) -> str:
@@ -95,7 +100,7 @@ def test_feedback_with_updates_queues_a_confirmation_that_the_service_sends(clie
 def test_confirm_link_get_shows_a_button_and_records_nothing(client: TestClient, settings: Settings) -> None:
     receipt_id = subscribe(client)
     r = client.get(link("confirm", receipt_id, V1))
-    assert r.status_code == 200 and '<form method="post"' in r.text and "Yes, e-mail me about changes" in r.text
+    assert r.status_code == 200 and '<form method="post"' in r.text and "Yes, this is my address and I want this" in r.text
     assert [k for k, _ in kinds(settings)] == ["consent"]
 
 
@@ -107,8 +112,22 @@ def test_confirm_link_post_records_once_then_says_used(client: TestClient, setti
     assert [k for k, _ in kinds(settings)] == ["consent", "confirmation"]
 
 
+@pytest.mark.parametrize(("consents", "status"), [({"consent_third_parties": True}, 200),
+                                                  ({"consent_updates": True, "consent_third_parties": True}, 200),
+                                                  ({"consent_updates": True}, 410)])
+def test_confirm_link_works_while_updates_or_third_party_consent_stands(
+        client: TestClient, settings: Settings, consents: dict[str, bool], status: int) -> None:
+    r = client.post("/api/feedback", json={**FORM, "email": "ann@example.com", **consents})
+    receipt_id = r.json()["receipt_id"]
+    with Ledger(settings.ledger_path) as led, led.transaction() as txn:
+        txn.append("withdrawal", receipt_id, consent_updates=False)  # change e-mails stopped, nothing else
+    page = client.get(link("confirm", receipt_id, V1))
+    assert page.status_code == status and ("nothing to confirm" in page.text) is (status == 410)
+    assert client.post(link("confirm", receipt_id, V1)).status_code == status
+
+
 def test_reconsent_link_records_the_new_version_once(client: TestClient, settings: Settings) -> None:
-    receipt_id = subscribe(client)
+    receipt_id = subscribe(client, confirm=True)
     assert client.get(link("reconsent", receipt_id)).status_code == 200
     r = client.post(link("reconsent", receipt_id))
     assert r.status_code == 200 and "agreement is recorded" in r.text
@@ -118,7 +137,8 @@ def test_reconsent_link_records_the_new_version_once(client: TestClient, setting
 
 
 def test_withdraw_link_withdraws_every_receipt_of_the_address(client: TestClient, settings: Settings) -> None:
-    first, second = subscribe(client, "ann@example.com"), subscribe(client, "ANN@example.com")
+    # The second was never confirmed: withdrawing it too is safe, and a stranger's claim should not outlive hers.
+    first, second = subscribe(client, "ann@example.com", confirm=True), subscribe(client, "ANN@example.com")
     assert client.post(link("withdraw", first)).status_code == 200
     with Ledger(settings.ledger_path, readonly=True) as led:
         assert led.status(first).withdrawn and led.status(second).withdrawn
@@ -126,12 +146,12 @@ def test_withdraw_link_withdraws_every_receipt_of_the_address(client: TestClient
 
 
 def test_one_click_unsubscribe_stops_updates_only_and_is_idempotent(client: TestClient, settings: Settings) -> None:
-    receipt_id = subscribe(client)
+    receipt_id = subscribe(client, confirm=True)
     one_click = {"content-type": "application/x-www-form-urlencoded"}
     r = client.post(link("unsubscribe", receipt_id), content=b"List-Unsubscribe=One-Click", headers=one_click)
     assert r.status_code == 200
     assert client.post(link("unsubscribe", receipt_id), content=b"List-Unsubscribe=One-Click", headers=one_click).status_code == 200
-    assert kinds(settings) == [("consent", 1), ("withdrawal", 0)]
+    assert kinds(settings) == [("consent", 1), ("confirmation", None), ("withdrawal", 0)]
     with Ledger(settings.ledger_path, readonly=True) as led:
         assert not led.status(receipt_id).withdrawn
 
@@ -158,7 +178,7 @@ def test_expired_or_wrong_purpose_link_is_refused_and_records_nothing(client: Te
 
 def test_confirmation_waits_in_the_outbox_while_the_mail_server_is_down(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, free_port())
-    with TestClient(create_app(settings)) as client:
+    with service_client(settings) as client:
         subscribe(client)  # answered at once although no mail server listens
         deadline = time.monotonic() + 10
         with Ledger(settings.ledger_path) as led:
@@ -184,3 +204,20 @@ def test_notice_links_work_end_to_end(client: TestClient, settings: Settings, sm
     with Ledger(settings.ledger_path) as led:
         assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == []
     assert [k for k, _ in kinds(settings)] == ["consent", "confirmation", "notice", "reconsent"] and receipt_id
+
+
+def test_link_pages_answer_503_while_the_ledger_file_is_not_a_database(
+        client: TestClient, settings: Settings, tmp_path: Path) -> None:
+    receipt_id = subscribe(client)
+    with Ledger(settings.ledger_path) as led:  # an empty WAL: every page must now come from the file itself
+        while led.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]:
+            time.sleep(0.01)  # the background mailer was reading; try again
+    aside = tmp_path / "aside.sqlite3"
+    os.replace(settings.ledger_path, aside)
+    settings.ledger_path.write_bytes(b"not a database " * 1000)  # no read has opened a pooled connection yet
+    for url in (link("confirm", receipt_id, V1), link("unsubscribe", receipt_id)):
+        r = client.get(url)
+        assert r.status_code == 503 and "cannot read our records now" in r.text
+    assert client.get("/api/stats").status_code == 503
+    os.replace(aside, settings.ledger_path)  # back: a failed connection was not kept, the next read opens anew
+    assert client.get(link("confirm", receipt_id, V1)).status_code == 200

@@ -88,9 +88,18 @@ def test_notify_skips_withdrawn_and_erased_people(led: Ledger, smtp: MailServer,
 
 def test_notify_sends_one_mail_for_two_submissions_from_one_address(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "Gus@Example.com")
-    consent(led, "gus@example.com", confirm=False)
+    consent(led, "gus@example.com")
     run(led, smtp, write_manifest(tmp_path / "m.json"))
     assert len(smtp.messages) == 1 and smtp.received[0].rcpt_tos == ["gus@example.com"]
+
+
+def test_an_unconfirmed_submission_on_a_newer_version_does_not_stop_her_notices(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+    mine = consent(led, "ann@example.com")
+    consent(led, "ANN@example.com", version=V2, updates=False, confirm=False)  # anyone can type her address
+    (ann,) = subscribers.people(led.connection, "privacy")
+    assert (ann.latest_version, ann.latest_receipt_id, ann.agreed, ann.subscribed) == (V1, mine, {V1}, True)
+    assert run(led, smtp, write_manifest(tmp_path / "m.json")).sent == ["ann@example.com"]
+    assert smtp.recipients() == ["ann@example.com"]
 
 
 def test_notify_skips_people_who_stopped_updates(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ def db(tmp_path: Path) -> Any:
 
 
 def queue(db: Any, to: str = "ann@example.com", receipt_id: str = "r-1") -> int:
-    msg = confirmation_message(Settings(), to=to, title="Privacy Policy", confirm_url="https://x/c?token=1")
+    msg = confirmation_message(Settings(), to=to, title="Privacy Policy", confirm_url="https://x/c?token=1",
+                               updates=True, third_parties=False)
     with db:
         return outbox.enqueue(db, receipt_id=receipt_id, kind="confirmation", msg=msg, now=T0)
 
@@ -127,6 +128,17 @@ def test_a_queued_confirmation_is_not_sent_after_the_receipt_is_withdrawn(tmp_pa
         assert outbox.send_due(ledger.connection, settings_for(smtp.port), now=T0) == outbox.PassResult(0, 0, 0)
         assert smtp.recipients() == []
     assert row(ledger.connection, 1)[3:] == ("", 0, "2026-11-20T12:00:00Z")
+
+
+def test_stopping_change_e_mails_keeps_a_confirmation_that_third_party_consent_waits_for(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    with ledger.transaction() as txn:
+        receipt = txn.append_consent(draft(updates=True, third=True))
+        txn.append("withdrawal", receipt.receipt_id, consent_updates=False)  # the unsubscribe: e-mails only
+    queue(ledger.connection, "ada@example.org", receipt.receipt_id)
+    with MailServer() as smtp:
+        assert outbox.send_due(ledger.connection, settings_for(smtp.port), now=T0).sent == 1
+        assert smtp.recipients() == ["ada@example.org"]
 
 
 def test_forget_removes_every_row_of_the_receipt(db: Any) -> None:

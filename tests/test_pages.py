@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 from form_handler import pages
 from form_handler.ledger import Receipt
@@ -28,7 +30,8 @@ def _jinja(receipt: Receipt, email: str | None, message: str, policy: PolicyEntr
         current=policy is None or receipt.policy_version == policy.current,
         receipt_id=receipt.receipt_id, recorded_at=receipt.recorded_at, policy_version=receipt.policy_version,
         withdraw_token=receipt.withdraw_token, email=email, message=message, contact=contact, updates=updates,
-        third_parties=third_parties, policy_title=title, policy_url=policy_url,
+        third_parties=third_parties, confirmation=pages.confirmation_sentence(receipt, email),
+        policy_title=title, policy_url=policy_url,
         version_url=f"{site_url}/{policy.versions.get(receipt.policy_version, policy.url)}" if policy else policy_url,
     )
 
@@ -39,7 +42,7 @@ def test_prerendered_receipt_is_byte_for_byte_the_jinja_page() -> None:
         ["Plain message.", HOSTILE, "é\n<b>line two</b>"],  # message
         [POLICY, None],  # policy
         ["a" * 64, "b" * 64, HOSTILE],  # version: earlier, current, unknown
-        [(False, False, False), (True, True, True), (True, False, True)],
+        [(False, False, False), (True, True, True), (True, False, True), (False, True, False)],
         ["https://example.org", "http://127.0.0.1:8000/a&b"],
     )
     for email, message, policy, version, flags, site_url in cases:
@@ -55,3 +58,23 @@ def test_receipt_page_escapes_every_visitor_value() -> None:
     assert "<script>" not in html and "&lt;script&gt;" in html and "tok&lt;en&gt;" in html
     assert "\x00" in html  # the visitor's own NUL-slot text is printed as text, not treated as a placeholder
     assert html.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 4  # message, email, two consents
+
+
+def test_receipt_page_says_the_confirmation_mail_comes_first() -> None:
+    for flags, waits in [((True, True, False), "do we e-mail you about changes to our policies."),
+                         ((False, False, True), "do we share your address with third parties."),
+                         ((False, True, True), "do we e-mail you about changes to our policies and share your address")]:
+        html = bytes(pages.receipt_page(_receipt("a" * 64, flags, "t"), email="ann@example.org", message="m",
+                                        policy=POLICY, site_url="https://example.org").body).decode()
+        assert "We are sending a confirmation e-mail to the address you gave." in html and waits in html
+    for flags, email in [((True, False, False), "ann@example.org"), ((False, True, True), None)]:
+        html = bytes(pages.receipt_page(_receipt("a" * 64, flags, "t"), email=email, message="m",
+                                        policy=POLICY, site_url="https://example.org").body).decode()
+        assert "confirmation e-mail" not in html
+
+
+def test_receipt_shown_in_place_uses_the_same_words_as_the_receipt_page() -> None:
+    script = (Path(__file__).parents[1] / "site_src" / "assets" / "feedback.js").read_text(encoding="utf-8")
+    assert f"var CONFIRMATION_SENTENCE = {json.dumps(pages.CONFIRMATION_SENTENCE)};" in script
+    for key, flags in (("updates", (True, False)), ("third_parties", (False, True)), ("both", (True, True))):
+        assert f"{json.dumps(key)}: {json.dumps(pages.CONFIRMATION_WAITS[flags])}" in script

@@ -273,6 +273,15 @@ def test_feedback_form_fields_have_labels_error_slots_and_unticked_consents(acti
     assert any(a.get("role") == "alert" and a.get("id") == "feedback-summary" for t, a in elements.tags)
 
 
+def test_feedback_form_says_updates_and_sharing_wait_for_the_confirmation_mail(active_site: Path) -> None:
+    page = (active_site / "feedback" / "index.html").read_text(encoding="utf-8")
+    described = {a["name"]: (a.get("aria-describedby") or "").split() for t, a in Elements(page).tags if t == "input"
+                 and "name" in a}
+    assert "consents-confirm-hint" in described["consent_updates"] and "consents-confirm-hint" in described["consent_third_parties"]
+    hint = " ".join(page.split('id="consents-confirm-hint">', 1)[1].split("</p>", 1)[0].split())
+    assert "sends a confirmation e-mail to your address" in hint and "only after you follow the link in it" in hint
+
+
 def test_audit_fixes_search_dialog_name_and_meta_description(active_site: Path) -> None:
     elements = Elements((active_site / "terms" / "index.html").read_text(encoding="utf-8"))
     dialogs = [a for t, a in elements.tags if a.get("role") == "dialog"]

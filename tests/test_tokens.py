@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 
 import pytest
 
@@ -51,3 +52,34 @@ def test_token_for_another_purpose_is_refused() -> None:
 def test_token_malformed_is_refused_plainly(bad: str) -> None:
     with pytest.raises(TokenRefused, match="damaged"):
         verify(KEY, bad, "confirm", now=NOW)
+
+
+def test_token_with_padding_appended_is_refused_as_damaged() -> None:
+    payload, mac = sign(KEY, "confirm", "r-1", "privacy", "v1", now=NOW).split(".")
+    for padded in (f"{payload}.{mac}=", f"{payload}=.{mac}", f"{payload}.{mac}=="):
+        with pytest.raises(TokenRefused, match="damaged"):
+            verify(KEY, padded, "confirm", now=NOW)
+
+
+def test_token_with_nonzero_trailing_bits_is_refused_though_it_decodes_the_same() -> None:
+    payload, mac = sign(KEY, "confirm", "r-1", "privacy", "v1", now=NOW).split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 32 bytes are 43 characters; the last one carries 2 bits that no byte uses.
+    other = mac[:-1] + alphabet[alphabet.index(mac[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(other + "=") == base64.urlsafe_b64decode(mac + "=")
+    with pytest.raises(TokenRefused, match="damaged"):
+        verify(KEY, f"{payload}.{other}", "confirm", now=NOW)
+
+
+def test_token_with_a_short_mac_is_refused_as_damaged() -> None:
+    payload, mac = sign(KEY, "confirm", "r-1", "privacy", "v1", now=NOW).split(".")
+    short = base64.urlsafe_b64encode(base64.urlsafe_b64decode(mac + "=")[:31]).rstrip(b"=").decode()
+    with pytest.raises(TokenRefused, match="damaged"):
+        verify(KEY, f"{payload}.{short}", "confirm", now=NOW)
+
+
+@pytest.mark.parametrize("change", [" ", "\n", "+", "/", "%3D"])
+def test_token_with_a_character_outside_base64url_is_refused_as_damaged(change: str) -> None:
+    payload, mac = sign(KEY, "confirm", "r-1", "privacy", "v1", now=NOW).split(".")
+    with pytest.raises(TokenRefused, match="damaged"):
+        verify(KEY, f"{payload[:4]}{change}{payload[4:]}.{mac}", "confirm", now=NOW)

@@ -23,6 +23,15 @@
     503: "Your feedback could not be recorded just now. Nothing was stored; please try again later."
   };
 
+  // The receipt's word on the confirmation mail: the same strings as the service's receipt page
+  // (CONFIRMATION_SENTENCE and CONFIRMATION_WAITS in form_handler/pages.py), word for word.
+  var CONFIRMATION_SENTENCE = "We are sending a confirmation e-mail to the address you gave. Only after you follow the link in it do we {waits}. To spare the owner of an address unwanted mail, we send only a few such e-mails to one address a day.";
+  var CONFIRMATION_WAITS = {
+    "updates": "e-mail you about changes to our policies",
+    "third_parties": "share your address with third parties",
+    "both": "e-mail you about changes to our policies and share your address with third parties"
+  };
+
   // The service checks everything; the browser's own bubbles would bypass our error summary.
   form.noValidate = true;
 
@@ -98,7 +107,13 @@
     return String(iso).replace("T", " ").replace(/\.\d+/, "").replace("Z", " UTC");
   }
 
-  function showReceipt(r) {
+  function confirmationSentence(r, email) {
+    var which = r.consent_updates ? (r.consent_third_parties ? "both" : "updates")
+      : (r.consent_third_parties ? "third_parties" : "");
+    return email && email.trim() && which ? CONFIRMATION_SENTENCE.replace("{waits}", CONFIRMATION_WAITS[which]) : "";
+  }
+
+  function showReceipt(r, email) {
     receipt.textContent = "";
     receipt.appendChild(el("h2", "Thank you: your feedback is recorded"));
     var facts = el("dl");
@@ -117,6 +132,8 @@
     CONSENTS.forEach(function (name) { fact(labelOf(name), r[name] ? "Yes" : "No"); });
     fact("Withdraw token", r.withdraw_token, true);
     receipt.appendChild(facts);
+    var confirmation = confirmationSentence(r, email);
+    if (confirmation) receipt.appendChild(el("p", confirmation));
     receipt.appendChild(el("p", "Keep the receipt and the token: the token is shown only this once, " +
       "and with it you can withdraw your consent at any time."));
 
@@ -158,9 +175,10 @@
     clearErrors();
     var button = form.querySelector('[type="submit"]');
     button.disabled = true;
-    post(form.action, payload())
+    var data = payload();
+    post(form.action, data)
       .then(function (res) {
-        if (res.status === 201) showReceipt(res.body);
+        if (res.status === 201) showReceipt(res.body, data.email);
         else if (res.status === 422 && res.body && res.body.errors) showErrors(res.body.errors);
         else showSummary(describe(res));
       })
