@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/history_bench.py                 # generate, then 5 alternating builds of each variant
     .venv/bin/python bench/history_bench.py --history-only  # time the history reader, timelines, redlines alone
+    .venv/bin/python bench/history_bench.py --adopt         # an adopted repository: 60 policies, 900 commits,
+                                                            # ~1,000 versions from git history, bound 50%
 
 The site is generated in a temporary folder (or --dir) as one `git fast-import` stream, so making 2,000 commits
 takes seconds, not 2,000 `git commit` calls. Builds alternate (plain, policy, plain, ...) after one unmeasured
@@ -84,7 +86,7 @@ def _paragraphs(rng: random.Random) -> list[str]:
     return out
 
 
-def _edit(rng: random.Random, page: Page) -> None:
+def _edit(rng: random.Random, page: Page | Adopted) -> None:
     """A writer's edit: replace, add or drop one sentence, or add a paragraph (what policy changes look like)."""
     choices = [i for i, p in enumerate(page.paragraphs) if not p.startswith("#")]
     index = rng.choice(choices)
@@ -153,7 +155,109 @@ def generate(root: Path, pages: int, commits: int, span_days: int = 1825, seed: 
     return int((start + step * (commits - 1)).timestamp())
 
 
-def time_core(root: Path) -> None:
+@dataclass
+class Adopted:
+    """A page of an adopted repository: no change records, usually no policy_id (the `policies` patterns find it)."""
+
+    path: str
+    title: str
+    paragraphs: list[str]
+    policy_id: str | None = None  # pinned: only such pages may be renamed
+    description: str = ""
+    changes: list[str] = field(default_factory=list)  # records, after the adoption date
+
+    def render(self) -> str:
+        meta = [f"title: {self.title}"] + ([f"policy_id: {self.policy_id}"] if self.policy_id else [])
+        meta += [f"description: {self.description}"] if self.description else []
+        meta += ["changes:", *self.changes] if self.changes else []
+        return "---\n" + "\n".join(meta) + "\n---\n\n" + "\n\n".join([f"# {self.title}", *self.paragraphs]) + "\n"
+
+
+def generate_adopted(root: Path, pages: int, commits: int, span_days: int = 300, seed: int = 11) -> tuple[int, str]:
+    """Write a repository as teams keep policies in git before they adopt this tool: `pages` policy pages without
+    change records, `commits` commits in all over `span_days` up to today, several a day. On the published line
+    most commits edit the text of one to three pages, 3% change front matter only, 1% rename a page (one whose
+    policy_id is pinned, as the plugin requires), and every tenth change is a pull request: two or three commits
+    on a branch, merged with GitHub's merge message. The last 2% of the commits come after the adoption date and
+    carry change records. Returns (the last commit's time, the adoption date)."""
+    rng = random.Random(seed)
+    site = [
+        Adopted(f"docs/policies/area-{i // 12:02d}/policy-{i:03d}.md", f"Policy {i:03d}", _paragraphs(rng),
+                f"policy-{i:03d}" if i % 10 == 0 else None)
+        for i in range(pages)
+    ]
+    step = timedelta(days=span_days) / commits
+    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - step * commits
+    adopted_at = commits - max(1, commits // 50)
+    adopted = (start + step * (adopted_at - 1)).date()
+    stream = bytearray()
+    mark = 0
+
+    def commit(branch: str, when: datetime, message: str, parent: int, touched: list[Adopted], extra: bytes = b"",
+               merge: int | None = None) -> int:
+        nonlocal mark
+        mark += 1
+        stream.extend(b"commit refs/heads/%s\nmark :%d\n" % (branch.encode(), mark))
+        stream.extend(b"committer Bench <bench@example.org> %d +0000\n" % int(when.timestamp()))
+        stream.extend(_data(message))
+        stream.extend(b"from :%d\n" % parent if parent else b"")
+        stream.extend(b"merge :%d\n" % merge if merge else b"")
+        stream.extend(extra)
+        stream.extend(b"".join(b"M 100644 inline " + p.path.encode() + b"\n" + _data(p.render()) for p in touched))
+        stream.extend(b"\n")
+        return mark
+
+    when = start
+    head = commit("main", when, "Add the policies", 0, site, b"M 100644 inline docs/index.md\n" + _data("# Bench policies\n"))
+    made, branches = 1, 0
+    previous: list[Adopted] = []
+    while made < commits:
+        when = start + step * made
+        roll = rng.random()
+        if roll < 0.03:  # front matter only: not a version
+            page = rng.choice(site)
+            page.description = f"Reviewed in change {made}."
+            head = commit("main", when, f"Describe {page.title}", head, [page])
+            made += 1
+        elif roll < 0.04:  # a pinned page moved to another folder
+            page = rng.choice([p for p in site if p.policy_id])
+            old, page.path = page.path, page.path.replace("/area-", "/moved-area-", 1)
+            head = commit("main", when, f"Move {page.title}", head, [], f'R "{old}" "{page.path}"\n'.encode())
+            made += 1
+        elif roll < 0.14 and made + 3 < adopted_at:  # a pull request: commits on a branch, then the merge
+            branches += 1
+            touched = rng.sample(site, rng.choice((1, 1, 2)))
+            tip = head
+            for n in range(rng.choice((2, 3))):
+                for page in touched:
+                    _edit(rng, page)
+                tip = commit(f"pr-{branches}", start + step * made, f"Work on {touched[0].title} ({n + 1})", tip, touched)
+                made += 1
+            head = commit("main", start + step * made, f"Merge pull request #{branches} from staff/pr-{branches}\n\n"
+                          f"Revise {touched[0].title}", head, touched, merge=tip)
+            made += 1
+        else:
+            # Several edits of one text on one day happen: a fifth of the time, the page edited just before.
+            touched = previous if previous and rng.random() < 0.2 else rng.sample(site, rng.choice((1, 1, 1, 2, 2)))
+            for page in touched:
+                _edit(rng, page)
+                if made >= adopted_at:
+                    page.changes[:0] = [f"  - date: {when.date().isoformat()}", f"    summary: Revised ({made})."]
+            head = commit("main", when, f"Revise {', '.join(p.title for p in touched)}", head, touched)
+            made += 1
+            previous = touched
+    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
+    subprocess.run(["git", "fast-import", "--quiet"], cwd=root, input=bytes(stream), check=True)
+    subprocess.run(["git", "reset", "-q", "--hard"], cwd=root, check=True)
+    for ref in range(1, branches + 1):
+        subprocess.run(["git", "branch", "-q", "-D", f"pr-{ref}"], cwd=root, check=True)
+    (root / "mkdocs-plain.yml").write_text(CONFIG.format(extra=""))
+    options = f'  - policy:\n      policies: ["policies/**/*.md"]\n      adopted: {adopted.isoformat()}'
+    (root / "mkdocs-policy.yml").write_text(CONFIG.format(extra=options))
+    return int(when.timestamp()), adopted.isoformat()
+
+
+def time_core(root: Path, adopted: str | None = None) -> None:
     """Time the pure core on every policy page: the git history read, the timelines, the redlines."""
     from site_src.history import read_history
     from site_src.records import load_meta, parse_changes
@@ -167,7 +271,8 @@ def time_core(root: Path) -> None:
     began = time.perf_counter()
     histories = read_history(root, paths)
     read = time.perf_counter()
-    timelines = [build_timeline(histories[p], records[p], sources[p], f"{p.stem}/") for p in paths]
+    day = None if adopted is None else datetime.fromisoformat(adopted).date()
+    timelines = [build_timeline(histories[p], records[p], sources[p], f"{p.stem}/", day) for p in paths]
     tied = time.perf_counter()
     pairs = [(c.before, c.after) for t in timelines for c in t.changes if c.before is not None]
     for before, after in pairs:
@@ -228,22 +333,32 @@ def _overhead(times: dict[str, list[float]]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pages", type=int, default=500)
-    parser.add_argument("--commits", type=int, default=2000)
-    parser.add_argument("--span-days", type=int, default=1825, help="the history covers this many days up to today")
+    parser.add_argument("--adopt", action="store_true",
+                        help="an adopted repository (generate_adopted): defaults 60 pages, 900 commits, 300 days, bound 50%%")
+    parser.add_argument("--pages", type=int, help="default 500 (60 with --adopt)")
+    parser.add_argument("--commits", type=int, help="default 2000 (900 with --adopt)")
+    parser.add_argument("--span-days", type=int, help="the history covers this many days up to today; default 1825 (300 with --adopt)")
     parser.add_argument("--runs", type=int, default=5, help="measured builds of each variant")
-    parser.add_argument("--max-overhead", type=float, default=15.0, help="percent; exit 1 above it")
+    parser.add_argument("--max-overhead", type=float, help="percent; exit 1 above it; default 15 (50 with --adopt)")
     parser.add_argument("--dir", type=Path, help="generate the repository here (must not exist) and keep it; the builds' output folders are removed all the same")
     parser.add_argument("--history-only", action="store_true", help="time the history reader and core alone, no builds")
     parser.add_argument("--clean-before", action="store_true",
                         help="reuse one output folder per variant, emptied before each build (see Outputs)")
     options = parser.parse_args()
+    for name, plain, adopt in (("pages", 500, 60), ("commits", 2000, 900), ("span_days", 1825, 300), ("max_overhead", 15.0, 50.0)):
+        if getattr(options, name) is None:
+            setattr(options, name, adopt if options.adopt else plain)
     with tempfile.TemporaryDirectory(prefix="policy-bench-") as tmp:
         root = options.dir or Path(tmp) / "site"
         began = time.perf_counter()
-        epoch = generate(root, options.pages, options.commits, options.span_days)
-        print(f"generated {options.pages} pages, {options.commits} commits in {root} ({time.perf_counter() - began:.1f} s)")
-        time_core(root)
+        adopted = None
+        if options.adopt:
+            epoch, adopted = generate_adopted(root, options.pages, options.commits, options.span_days)
+        else:
+            epoch = generate(root, options.pages, options.commits, options.span_days)
+        print(f"generated {options.pages} pages, {options.commits} commits in {root} ({time.perf_counter() - began:.1f} s)"
+              + (f", adopted {adopted}" if adopted else ""))
+        time_core(root, adopted)
         if options.history_only:
             return 0
         outputs = Outputs(root, options.clean_before)

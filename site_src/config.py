@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from mkdocs.config import base
 from mkdocs.config import config_options as c
 
@@ -16,3 +18,9 @@ class PolicyConfig(base.Config):  # type: ignore[no-untyped-call]  # MkDocs is u
     withdraw_endpoint = c.Type(str, default="/api/withdraw")
     # Fail the build when git history is missing (shallow clone, no git), rather than publish a wrong history.
     require_history = c.Type(bool, default=True)
+    # Glob patterns relative to docs_dir ('**' for any folders, '!' in front to leave pages out): every matching
+    # Markdown page is a policy page, its id taken from its path unless its front matter gives policy_id.
+    policies = c.ListOfItems(c.Type(str), default=[])
+    # YYYY-MM-DD: commits on or before this day that changed a policy's text are its versions (adopting a repository
+    # with years of history); after it, every change needs a change record. YAML reads the date as a date.
+    adopted = c.Optional(c.Type((str, dt.date)))

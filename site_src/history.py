@@ -36,6 +36,9 @@ class Revision:
     date: datetime  # committer date (UTC): when the change landed on the published line
     path: str  # repository-relative POSIX path at that commit (differs before a rename)
     text: str
+    subject: str = ""  # the commit message's first line
+    # For a merge commit, the first line of its message's body: the pull request's title on GitHub and GitLab.
+    merged: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,16 @@ class FileHistory:
 
     path: Path
     revisions: tuple[Revision, ...]
+    name: str = ""  # repository-relative POSIX path today; a revision with another path predates a rename
+
+
+@dataclass(frozen=True)
+class _Commit:
+    sha: str
+    date: datetime
+    subject: str
+    merged: str | None
+    changes: list[tuple[str, str, str, str | None]]  # (status, blob, path, old path)
 
 
 def _run(spawn: Spawn, args: list[str], cwd: Path) -> bytes:
@@ -74,17 +87,31 @@ def locate_repository(root: Path, *, spawn: Spawn = subprocess.Popen) -> Path:
     return _locate(spawn, Path(root).resolve())
 
 
-def _parse_log(raw: bytes) -> list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]]:
-    """Parse `git log -z --raw` into (commit, date, [(status, blob, path, old_path)]), newest first."""
-    commits: list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]] = []
+# Each commit's header: \x01, hash, committer time, parents, \x02, subject, \x02, body, \x03 (then its --raw lines).
+LOG_FORMAT = "--format=%x01%H %ct %P%x02%s%x02%b%x03"
+
+
+def _parse_header(token: str) -> _Commit:
+    token = token.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # messages are shown: no lone surrogates
+    ids, _, message = token[1:].partition("\x02")
+    subject, _, body = message.rpartition("\x03")[0].partition("\x02")
+    sha, stamp, *parents = ids.split(" ")
+    merged = None
+    if len(parents) > 1:  # a merge: the body's first line names what was merged (a pull request's title)
+        merged = next((line.strip() for line in body.splitlines() if line.strip()), None)
+    return _Commit(sha, datetime.fromtimestamp(int(stamp), timezone.utc), " ".join(subject.split()), merged, [])
+
+
+def _parse_log(raw: bytes) -> list[_Commit]:
+    """Parse `git log -z --raw` with LOG_FORMAT into commits with their file changes, newest first."""
+    commits: list[_Commit] = []
     tokens = raw.split(b"\0")
     i = 0
     while i < len(tokens):
         token = tokens[i].lstrip(b"\n").decode("utf-8", "surrogateescape")
         i += 1
         if token.startswith("\x01"):
-            sha, stamp = token[1:].split(" ")
-            commits.append((sha, datetime.fromtimestamp(int(stamp), timezone.utc), []))
+            commits.append(_parse_header(token))
         elif token.startswith(":"):
             # ":100644 100644 <old blob> <new blob> R087", then one path, or two for a rename/copy.
             fields = token[1:].split(" ")
@@ -94,9 +121,9 @@ def _parse_log(raw: bytes) -> list[tuple[str, datetime, list[tuple[str, str, str
             if status in "RC":
                 second = tokens[i].decode("utf-8", "surrogateescape")
                 i += 1
-                commits[-1][2].append((status, blob, second, first))
+                commits[-1].changes.append((status, blob, second, first))
             else:
-                commits[-1][2].append((status, blob, first, None))
+                commits[-1].changes.append((status, blob, first, None))
     return commits
 
 
@@ -136,14 +163,16 @@ class HistoryReader:
         self._toplevel = _locate(spawn, self._root)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-history")
         self._log = self._pool.submit(self._read_log)
-        self._result: Future[dict[Path, FileHistory]] | None = None
+        self._requests: list[Future[dict[Path, FileHistory]]] = []
+        self._merged: tuple[int, dict[Path, FileHistory]] | None = None
+        self.requested: set[Path] = set()
 
-    def _read_log(self) -> list[tuple[str, datetime, list[tuple[str, str, str, str | None]]]]:
+    def _read_log(self) -> list[_Commit]:
         # First parent only, merges diffed against it: a change counts from when it landed on the
         # published line, and side-branch commits that never were the published text are skipped.
         # log.showSignature in a user's config would mix gpg output into what we parse.
         args = ["git", "-c", "log.showSignature=false", "log", "--first-parent", "--diff-merges=first-parent"]
-        args += ["--raw", "-M", "-z", "--no-abbrev", "--format=%x01%H %ct"]
+        args += ["--raw", "-M", "-z", "--no-abbrev", LOG_FORMAT]
         try:
             return _parse_log(_run(self._spawn, args, self._toplevel))
         except HistoryUnavailable as exc:
@@ -152,7 +181,8 @@ class HistoryReader:
             return []  # a fresh repository: every file is uncommitted
 
     def request(self, paths: Sequence[Path]) -> None:
-        """Start reading the history of `paths` (absolute, or relative to the repo_root given)."""
+        """Start reading the history of `paths` (absolute, or relative to the repo_root given). Each request
+        runs one `git cat-file`: ask once for every file when possible."""
         wanted: dict[str, Path] = {}
         for path in paths:
             absolute = (self._root / path).resolve()
@@ -160,24 +190,29 @@ class HistoryReader:
                 wanted[absolute.relative_to(self._toplevel).as_posix()] = path
             except ValueError:
                 raise HistoryUnavailable(f"{absolute} is outside the git repository {self._toplevel}; move it into the repository.") from None
-        self._result = self._pool.submit(self._histories, wanted)
-        self._pool.shutdown(wait=False)
+        self.requested.update(paths)
+        self._requests.append(self._pool.submit(self._histories, wanted))
 
     def result(self) -> dict[Path, FileHistory]:
         """The history of each requested file, keyed by the path as given; raises HistoryUnavailable."""
-        if self._result is None:
+        if not self._requests:
             raise RuntimeError("HistoryReader.result() called before request()")
-        return self._result.result()
+        if self._merged is None or self._merged[0] != len(self._requests):
+            merged: dict[Path, FileHistory] = {}
+            for request in self._requests:
+                merged.update(request.result())
+            self._merged = (len(self._requests), merged)
+        return self._merged[1]
 
     def _histories(self, wanted: dict[str, Path]) -> dict[Path, FileHistory]:
         tracking = {name: name for name in wanted}  # name at the commit being read -> name today
-        found: dict[str, list[tuple[str, datetime, str, str]]] = {name: [] for name in wanted}
-        for sha, when, changes in self._log.result():  # newest first
-            for status, blob, name, old_name in changes:
+        found: dict[str, list[tuple[_Commit, str, str]]] = {name: [] for name in wanted}
+        for commit in self._log.result():  # newest first
+            for status, blob, name, old_name in commit.changes:
                 today = tracking.get(name)
                 if today is None or status == "D":
                     continue
-                found[today].append((sha, when, name, blob))
+                found[today].append((commit, name, blob))
                 if status == "A":  # born here: older commits with this name are another file's life
                     del tracking[name]
                 elif status == "R" and old_name is not None:
@@ -186,8 +221,10 @@ class HistoryReader:
         texts = _read_blobs(self._spawn, self._toplevel, [blob for entries in found.values() for *_, blob in entries])
         result: dict[Path, FileHistory] = {}
         for name, original in wanted.items():
-            revisions = [Revision(sha, when, at, texts[blob]) for sha, when, at, blob in reversed(found[name])]
-            result[original] = FileHistory(path=original, revisions=tuple(revisions))
+            revisions = [
+                Revision(c.sha, c.date, at, texts[blob], c.subject, c.merged) for c, at, blob in reversed(found[name])
+            ]
+            result[original] = FileHistory(path=original, revisions=tuple(revisions), name=name)
         return result
 
 

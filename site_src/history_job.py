@@ -2,7 +2,8 @@
 
 The plugin sends a SiteInfo once the site's files are known, one PolicySource per policy page as MkDocs
 converts it, and a Finish once every record is known (the banner depends on all of them). The worker answers
-with one Outcome after it has written the change history pages, the past versions and the feed.
+twice: Statuses at once (what each policy page's status line says, which MkDocs needs before it renders the
+pages), then one Outcome after it has written the change history pages, the past versions and the feed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .records import ChangeRecord
-from .versions import VersionEntry
+from .status import PolicyStatus
+from .versions import HistoryChange, VersionEntry
 
 CHANGES_DIR = "changes/"
 VERSIONS_DIR = "versions/"
@@ -29,6 +31,11 @@ def history_base(policy_url: str) -> str:
 def changes_url(policy_url: str) -> str:
     """The change history page of a policy, relative to the site root: ``privacy/changes/``."""
     return history_base(policy_url) + CHANGES_DIR
+
+
+def versions_url(policy_url: str) -> str:
+    """The page listing every version of a policy, relative to the site root: ``privacy/versions/``."""
+    return history_base(policy_url) + VERSIONS_DIR
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,12 @@ class SiteInfo:
     # Known before any page is read, so the worker can render its pages early (Finish repeats them).
     feed_url: str | None = None
     build_date: dt.date | None = None
+    # The plugin's `adopted` option: commits on or before it that changed a policy's text are its versions.
+    adopted: dt.date | None = None
+    # (src_uri, absolute path) of every documentation page in the order MkDocs reads them, and the plugin's
+    # `policies` patterns: the worker reads a page that looks like a policy before MkDocs hands it over.
+    sources: tuple[tuple[str, str], ...] = ()
+    policy_patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class PolicySource:
     display_path: str  # docs/privacy.md, for messages
     source: str | None  # the whole file, front matter included; None: the worker reads it from path
     records: tuple[ChangeRecord, ...]  # newest first, as records.parse_changes gives them
+    id_from_path: bool = False  # no policy_id: the id comes from the path, which must not have changed
 
 
 @dataclass(frozen=True)
@@ -77,12 +91,22 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class Statuses:
+    """The worker's first answer, as soon as Finish came and every timeline is known (long before the pages are
+    written): what each policy page's status line says, by the page's src_uri."""
+
+    policies: Mapping[str, PolicyStatus] = field(default_factory=dict)
+    history: bool = True  # False: the history could not be read (the Outcome says why)
+
+
+@dataclass(frozen=True)
 class PolicyOutcome:
     policy_id: str
     display_path: str
     versions: tuple[VersionEntry, ...]  # newest first
     change_versions: tuple[str | None, ...]  # the version each record introduced, in the records' order
     unrecorded_diff: str | None
+    history_changes: tuple[HistoryChange, ...] = ()  # changes taken from the history (adoption), newest first
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Change history pages, past-version pages and the feed, written into the built site (pure; never imports MkDocs).
 
-Runs in the history worker (history_worker.py), beside MkDocs: each policy's timeline, redlines and version HTML
-are worked out as soon as MkDocs has read the page (add), and the pages are written once the banner is known
+Runs in the history worker (history_worker.py), beside MkDocs: each policy's timeline is worked out as soon as
+MkDocs has read the page (add), its redlines and version HTML whenever the worker has nothing more urgent to do
+(prepare, or guess before MkDocs hands the page over), and the pages are written once the banner is known
 (finish). Past versions are not MkDocs pages, so the search index never holds superseded text.
 """
 
@@ -9,22 +10,28 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from .banner import human_date
 from .feed import FEED_NAME, FeedPolicy, build_feed, change_anchor, day_indexes
-from .history import FileHistory
-from .history_job import Finish, Outcome, PolicyOutcome, PolicySource, SiteInfo, changes_url, history_base
+from .history import FileHistory, Revision
+from .history_job import Finish, Outcome, PolicyOutcome, PolicySource, SiteInfo, Statuses, changes_url, history_base
+from .history_job import versions_url
 from .markdown_render import VersionRenderer, site_root
+from .policy_pages import PolicyPatterns, path_policy_id, renamed_id_error
+from .records import ChangeRecord, load_meta, parse_policy_meta
 from .redline import redline_html
-from .timeline import PastVersion, build_timeline
-from .versions import policy_version
+from .status import PolicyStatus, status_from_versions
+from .timeline import PastVersion, Timeline, build_timeline
+from .versions import HistoryChange, policy_version, split_front_matter
 
 TEMPLATES = Path(__file__).parent / "templates"
 # Stands in for the banner when pages are rendered before it is known; a NUL never occurs in our HTML.
@@ -33,19 +40,43 @@ _BANNER_GAP = "\x00policy-banner\x00"
 
 @dataclass(frozen=True)
 class _Change:
-    record: object
+    record: ChangeRecord
     anchor: str
     redline: Markup | None
     before_url: str | None
     after_url: str | None
+    revision: Revision | None = None  # set for a change taken from the repository's history
+
+
+@dataclass(frozen=True)
+class _Content:
+    """A policy's change entries with their redlines, and the HTML of each version: all its pages need but the
+    title. Worked out from the file, its records and its URL, so it can be done before the plugin's message."""
+
+    source: str
+    records: tuple[ChangeRecord, ...]
+    url: str
+    timeline: Timeline
+    changes: tuple[_Change, ...] | None = None  # None: only the timeline is worked out yet
+    bodies: tuple[Markup, ...] = ()
+
+
+@dataclass
+class _Timed:
+    """A policy whose timeline is known (what the status line and the manifest need); pages still to prepare."""
+
+    policy: PolicySource
+    content: _Content
+    outcome: PolicyOutcome
+    status: PolicyStatus
 
 
 @dataclass
 class _Prepared:
     policy: PolicySource
-    changes: list[_Change]
+    changes: tuple[_Change, ...]
     versions: tuple[PastVersion, ...]
-    bodies: list[Markup]
+    bodies: tuple[Markup, ...]
     outcome: PolicyOutcome
     rendered: list[_Rendered] = field(default_factory=list)  # every page of the policy, banner left out
 
@@ -84,76 +115,166 @@ def banner_bases(policy_urls: list[str]) -> set[str]:
 
 
 class HistorySite:
-    """Collects policies as they come and writes their history pages at the end."""
+    """Collects policies as they come and writes their history pages at the end.
+
+    add() works out a policy's timeline (cheap, and what the plugin waits for: statuses()); prepare() does the
+    CPU-heavy part (redlines, version HTML, pages rendered with a gap for the banner) whenever the worker has no
+    message to read; guess() does the same for a page MkDocs has not handed over yet, read from disk as the
+    plugin will read it, so that on a small site the heavy part is not all left for after the last page;
+    finish() prepares what is left and writes every page."""
 
     def __init__(self, site: SiteInfo, histories: Callable[[], dict[Path, FileHistory]]) -> None:
         self.site = site
         self._histories = histories
+        self._timed: list[_Timed] = []
+        self._waiting: deque[_Timed] = deque()
         self._prepared: list[_Prepared] = []
         self._renderer = VersionRenderer(site.extensions, site.extension_configs, site.page_urls)
         self._env = _environment()
+        self._patterns = PolicyPatterns.parse(site.policy_patterns)
+        self._unread: deque[tuple[str, str]] = deque(site.sources)  # pages not handed over yet, to guess
+        self._handed: set[str] = set()
+        self._guessed: dict[str, _Content] = {}
         self.timings: dict[str, float] = {
-            "history": 0.0, "timeline": 0.0, "redline": 0.0, "markdown": 0.0, "render": 0.0, "write": 0.0
+            "history": 0.0, "timeline": 0.0, "redline": 0.0, "markdown": 0.0, "render": 0.0, "write": 0.0,
+            "guessed": 0, "guesses_used": 0,
         }
 
-    def add(self, policy: PolicySource) -> None:
-        """Work out one policy's timeline, redlines and version HTML (the CPU-heavy part)."""
+    def _history(self, path: str) -> FileHistory:
         began = time.perf_counter()
-        history = self._histories()[Path(policy.path)]
-        tied = time.perf_counter()
-        self.timings["history"] += tied - began
-        base = history_base(policy.url)
+        history = self._histories()[Path(path)]
+        self.timings["history"] += time.perf_counter() - began
+        return history
+
+    def _timeline(self, history: FileHistory, source: str, records: tuple[ChangeRecord, ...], url: str) -> _Content:
+        began = time.perf_counter()
+        timeline = build_timeline(history, records, source, history_base(url), self.site.adopted)
+        self.timings["timeline"] += time.perf_counter() - began
+        return _Content(source, records, url, timeline)
+
+    def add(self, policy: PolicySource) -> None:
+        """Work out one policy's timeline, its versions and its status line."""
+        self._handed.add(policy.src_uri)
+        history = self._history(policy.path)
         # MkDocs reads pages as utf-8-sig; reading here keeps the pipe from the plugin small (it must never fill).
         source = policy.source if policy.source is not None else Path(policy.path).read_text(encoding="utf-8-sig")
-        timeline = build_timeline(history, policy.records, source, base)
+        content = self._guessed.pop(policy.src_uri, None)
+        if content is not None and (content.source, content.records, content.url) == (source, policy.records, policy.url):
+            self.timings["guesses_used"] += 1
+        else:
+            content = self._timeline(history, source, policy.records, policy.url)
+        timeline = content.timeline
+        introduced = {id(c.record): policy_version(c.after) for c in timeline.changes if not c.from_history}
+        from_history = tuple(
+            HistoryChange(c.record.date.isoformat(), c.record.summary, policy_version(c.after), c.revision.commit)
+            for c in timeline.changes if c.revision is not None
+        )
+        records = content.records  # equal to policy.records; the timeline's records are these very objects
+        outcome = PolicyOutcome(
+            policy.policy_id, policy.display_path, tuple(v.entry() for v in timeline.versions),
+            tuple(introduced.get(id(r)) for r in records), timeline.unrecorded_diff, from_history,
+        )
+        status = status_from_versions(timeline.versions, self.site.build_date or dt.date.today())
+        if policy.id_from_path:
+            error = renamed_id_error(policy.display_path, policy.policy_id, policy.src_uri, history, self.site.adopted)
+            if error is not None:
+                status = PolicyStatus(status.effective, status.versions, status.in_force, error)
+        timed = _Timed(policy, content, outcome, status)
+        self._timed.append(timed)
+        self._waiting.append(timed)
+
+    def statuses(self) -> Statuses:
+        """The status line of every policy added so far, by src_uri."""
+        return Statuses({t.policy.src_uri: t.status for t in self._timed})
+
+    def guess(self) -> bool:
+        """Read the next page MkDocs has not handed over yet as the plugin will, and when it is a policy page,
+        work out its timeline, redlines and version HTML (add() checks that the plugin saw the same file and
+        records). False when no page is left to guess."""
+        while self._unread:
+            src_uri, path = self._unread.popleft()
+            if src_uri in self._handed:
+                continue
+            try:
+                source = Path(path).read_text(encoding="utf-8-sig")
+                path_id = path_policy_id(src_uri) if self._patterns.matches(src_uri) else None
+                meta = parse_policy_meta(load_meta(split_front_matter(source)[0], src_uri), src_uri, path_id)
+            except (OSError, UnicodeDecodeError, ValueError):  # RecordError is one: the plugin will say what is wrong
+                continue
+            if meta is None:
+                continue
+            url = self.site.page_urls.get(src_uri)
+            if url is None:
+                continue
+            content = self._timeline(self._history(path), source, meta.changes, url)
+            self._guessed[src_uri] = self._content(content, src_uri)
+            self.timings["guessed"] += 1
+            return True
+        return False
+
+    def _content(self, content: _Content, src_uri: str) -> _Content:
+        """Add the redlines and the version HTML to a policy's timeline."""
+        if content.changes is not None:
+            return content
+        began = time.perf_counter()
+        timeline, records = content.timeline, content.records
         by_version = {v.version: v.url for v in reversed(timeline.versions)}  # the newest URL of a text wins
-        texts = {id(c.record): c for c in timeline.changes}
-        redlined = time.perf_counter()
-        self.timings["timeline"] += redlined - tied
+        record_index = {id(r): i for r, i in zip(records, day_indexes(records))}
+        history_days: dict[dt.date, int] = {}
         changes: list[_Change] = []
-        change_versions: list[str | None] = []
-        for record, index in zip(policy.records, day_indexes(policy.records)):
-            text = texts[id(record)]
-            after = policy_version(text.after)
-            change_versions.append(after)
+        for text in reversed(timeline.changes):  # oldest first, so that a day's anchors number in order
+            record = text.record
+            if text.revision is not None:
+                history_days[record.date] = history_days.get(record.date, 0) + 1
+                anchor = history_anchor(record.date, history_days[record.date])
+            else:
+                anchor = change_anchor(record, record_index.get(id(record), 0))
             redline = None if text.before is None else Markup(redline_html(text.before, text.after))
             before_url = None if text.before is None else by_version.get(policy_version(text.before))
-            changes.append(_Change(record, change_anchor(record, index), redline, before_url, by_version.get(after)))
-        rendered = time.perf_counter()
-        self.timings["redline"] += rendered - redlined
-        page_url = base + "versions/0000-00-00/"  # every version page sits at the same depth
-        bodies = self._renderer.render([v.body for v in timeline.versions], src_uri=policy.src_uri, page_url=page_url)
-        self.timings["markdown"] += time.perf_counter() - rendered
-        outcome = PolicyOutcome(
-            policy.policy_id, policy.display_path, tuple(v.entry() for v in timeline.versions), tuple(change_versions),
-            timeline.unrecorded_diff,
-        )
-        prepared = _Prepared(policy, changes, timeline.versions, [Markup(b) for b in bodies], outcome)
+            changes.append(_Change(record, anchor, redline, before_url, by_version.get(policy_version(text.after)), text.revision))
+        changes.reverse()
         converted = time.perf_counter()
+        self.timings["redline"] += converted - began
+        page_url = history_base(content.url) + "versions/0000-00-00/"  # every version page sits at the same depth
+        bodies = self._renderer.render([v.body for v in timeline.versions], src_uri=src_uri, page_url=page_url)
+        self.timings["markdown"] += time.perf_counter() - converted
+        return _Content(content.source, records, content.url, timeline, tuple(changes), tuple(Markup(b) for b in bodies))
+
+    def prepare(self) -> bool:
+        """Prepare the pages of the next policy added (redlines, version HTML, pages rendered but for the banner);
+        False when none is waiting."""
+        if not self._waiting:
+            return False
+        timed = self._waiting.popleft()
+        content = self._content(timed.content, timed.policy.src_uri)
+        assert content.changes is not None
+        prepared = _Prepared(timed.policy, content.changes, content.timeline.versions, content.bodies, timed.outcome)
+        began = time.perf_counter()
         self._prerender(prepared)
-        self.timings["render"] += time.perf_counter() - converted
+        self.timings["render"] += time.perf_counter() - began
         self._prepared.append(prepared)
-        # Make the folders now, while MkDocs still reads pages: on a busy or just-emptied disk each mkdir can
-        # take ~0.5 ms (bench/README.md), and in finish() that time would add to the end of the build.
-        for url in (changes_url(policy.url), *(v.url for v in timeline.versions)):
+        # Make the folders now, while MkDocs still renders: on a busy or just-emptied disk each mkdir can take
+        # ~0.5 ms (bench/README.md), and in finish() that time would add to the end of the build.
+        for url in (changes_url(content.url), *(v.url for v in content.timeline.versions)):
             os.makedirs(os.path.join(self.site.site_dir, url), exist_ok=True)
+        return True
 
     def finish(self, finish: Finish) -> Outcome:
         """Write every change history page, every version page and the feed; say what each policy's versions are."""
+        while self.prepare():
+            pass
         began = time.perf_counter()
         written = 0
-        # Pages rendered in add() only need their banner put in; any other page is rendered here.
+        # Pages rendered in prepare() only need their banner put in; any other page is rendered here.
         early = finish.build_date == self.site.build_date and finish.feed_url == self.site.feed_url
-        banners: dict[str, bytes] = {base: html.encode("utf-8") for base, html in finish.banners.items()}
+        banners = {base: _banner_block(html).encode("utf-8") for base, html in finish.banners.items()}
         for prepared in self._prepared:
-            # The gap holds a whole <aside>: with no change to announce (an empty banner) the page is rendered again.
-            if early and prepared.rendered and all(banners.get(page.base) for page in prepared.rendered):
+            if early and prepared.rendered:
                 for page in prepared.rendered:
-                    _write_file(os.path.join(self.site.site_dir, page.url), page.head, banners[page.base], page.tail)
+                    _write_file(os.path.join(self.site.site_dir, page.url), page.head, banners.get(page.base, b""), page.tail)
                     written += 1
                 continue
-            for url, template, context in self._pages(prepared, finish.build_date):
-                html = self._render(url, template, context, finish.banners.get(_base_url(url), ""), finish.feed_url, finish.build_date)
+            for url, html in self._html(prepared, finish.build_date, finish.banners, finish.feed_url):
                 _write_file(os.path.join(self.site.site_dir, url), html.encode("utf-8"))
                 written += 1
         if finish.feed_url is not None:
@@ -169,8 +290,7 @@ class HistorySite:
         build_date = self.site.build_date
         if build_date is None:
             return
-        for url, template, context in self._pages(prepared, build_date):
-            html = self._render(url, template, context, _BANNER_GAP, self.site.feed_url, build_date)
+        for url, html in self._html(prepared, build_date, {}, self.site.feed_url, gap=True):
             if html.count(_BANNER_GAP) != 1:
                 prepared.rendered = []  # cannot happen with our templates; finish() renders them whole
                 return
@@ -178,30 +298,80 @@ class HistorySite:
             prepared.rendered.append(_Rendered(url, _base_url(url), head.encode("utf-8"), tail.encode("utf-8")))
 
     def _render(self, url: str, template: str, context: dict[str, object], banner: str, feed_url: str | None, build_date: dt.date) -> str:
+        """``banner`` is the banner's HTML (or _BANNER_GAP), put in its <aside>."""
         root = site_root(url)
         return self._env.get_template(template).render(
-            site=self.site, root=root, banner=Markup(banner), feed_href=None if feed_url is None else root + feed_url,
+            site=self.site, root=root, banner=Markup(_banner_block(banner)), feed_href=None if feed_url is None else root + feed_url,
             build_date=build_date, **context,
         )
 
-    def _pages(self, prepared: _Prepared, build_date: dt.date) -> list[tuple[str, str, dict[str, object]]]:
-        """(url, template, context) of a policy's change history page and of each of its version pages."""
+    def _html(
+        self, prepared: _Prepared, build_date: dt.date, banners: Mapping[str, str], feed_url: str | None, *, gap: bool = False
+    ) -> Iterator[tuple[str, str]]:
+        """(url, HTML) of every page of a policy: its change history, its list of versions and each version.
+        ``banners`` maps a page's base URL to its banner; with ``gap``, every page gets _BANNER_GAP instead."""
+
+        def banner(url: str) -> str:
+            return _BANNER_GAP if gap else banners.get(_base_url(url), "")
+
         policy, versions = prepared.policy, prepared.versions
-        history = changes_url(policy.url)
-        pages: list[tuple[str, str, dict[str, object]]] = [(history, "changes.html", dict(
-            policy=policy, changes=prepared.changes, versions=versions, changes_url=history,
-            title=f"{policy.title}: change history",
+        history, listing = changes_url(policy.url), versions_url(policy.url)
+        common: dict[str, object] = dict(policy=policy, versions=versions, changes_url=history, versions_url=listing)
+        yield history, self._render(history, "changes.html", dict(
+            common, changes=prepared.changes, title=f"{policy.title}: change history",
             description=f"Every change to the {policy.title}, newest first, with the words removed and added.",
-        ))]
+        ), banner(history), feed_url, build_date)
+        yield listing, self._render(listing, "versions.html", dict(
+            common, title=f"{policy.title}: all versions",
+            description=f"Every text the {policy.title} has had, newest first, each with the dates it applied.",
+        ), banner(listing), feed_url, build_date)
+        if not versions:
+            return
+        # Hundreds of version pages differ only in a few fields: render version.html once per policy with a marker
+        # in each (_VERSION_MARKERS), then fill them in for each version (a tenth of the time of a Jinja run each).
+        skeleton = _MARKER.split(self._render(
+            versions[0].url, "version.html", dict(common, **_VERSION_MARKERS), banner(versions[0].url), feed_url, build_date
+        ))
         for i, (version, body) in enumerate(zip(versions, prepared.bodies)):
             status, notice = _status(version, versions[i - 1] if i else None, build_date)
-            when = human_date(version.effective)
-            pages.append((version.url, "version.html", dict(
-                policy=policy, version=version, body=body, status=status, notice=notice, has_h1="<h1" in body,
-                changes_url=history, title=f"{policy.title}, version of {when}",
-                description=f"The {policy.title} as in force from {when}. {status}.",
-            )))
-        return pages
+            when = _version_date(version)
+            fields = {
+                "title": escape(f"{policy.title}, version of {when}"),
+                "description": escape(f"The {policy.title} as in force from {when}. {status}."),
+                "kind": "info" if version.current else "warning",
+                "status": escape(status),
+                "notice": escape(notice),
+                "heading": "" if "<h1" in body else f"<h1>{escape(policy.title)}</h1>",
+                "body": body,
+            }
+            yield version.url, "".join(fields[part] if n % 2 else part for n, part in enumerate(skeleton))
+
+
+# The fields of version.html that differ between a policy's versions, as markers (a NUL never occurs in our HTML).
+_VERSION_MARKERS = {name: Markup(f"\x00{name}\x00") for name in ("title", "description", "kind", "status", "notice", "heading", "body")}
+_MARKER = re.compile("\x00(" + "|".join(_VERSION_MARKERS) + ")\x00")
+
+
+def _banner_block(banner: str) -> str:
+    """The banner in the announcement bar of a history page ("" when no change is announced). The gap left for a
+    banner not known yet stays bare, so that an empty banner fills it with nothing."""
+    if not banner or banner == _BANNER_GAP:
+        return banner
+    return (
+        '\n    <aside class="md-banner" aria-label="Policy changes">\n'
+        f'      <div class="md-banner__inner md-grid md-typeset">{banner}</div>\n    </aside>'
+    )
+
+
+def history_anchor(day: dt.date, same_day: int = 1) -> str:
+    """The id of a change taken from the history on the change history page: ``history-2024-06-03`` (``-2`` for
+    the second commit of that day that changed the text)."""
+    return f"history-{day.isoformat()}" + (f"-{same_day}" if same_day > 1 else "")
+
+
+def _version_date(version: PastVersion) -> str:
+    """A version's date as its title shows it: ``3 June 2024``, ``3 June 2024 (2)`` for the day's second text."""
+    return human_date(version.effective) + (f" ({version.same_day})" if version.same_day > 1 else "")
 
 
 def _write_file(directory: str, *parts: bytes) -> None:
@@ -224,6 +394,10 @@ def _status(version: PastVersion, newer: PastVersion | None, today: dt.date) -> 
         if version.effective > today:
             return "Current text, not yet in force", f"This text takes effect on {since}."
         return "Current text", f"This is the current text, in force since {since}."
+    if newer.effective <= version.effective:  # replaced the day it took effect (or, oddly, by an earlier date)
+        if newer.effective > today:
+            return "To be superseded", f"This text takes effect on {since}; a newer text replaces it on {human_date(newer.effective)}."
+        return "Superseded", f"This text is no longer in force. It took effect on {since} and was replaced on {human_date(newer.effective)}."
     until = human_date(newer.effective - dt.timedelta(days=1))
     if newer.effective > today:
         return "To be superseded", (

@@ -6,8 +6,8 @@ are cut into blocks (at blank lines), every distinct block of every version is c
 (blocks separated by an HTML comment that the converter passes through), and each version is put together
 from its blocks; a block no page could change (no link, image or raw HTML: a heading, a recurring clause) is
 converted once per build for every policy. Text the cut could change (fenced code, reference links,
-footnotes, raw HTML, indented blocks), or a joined result with a duplicate id, is converted whole instead, so
-the output is always what a whole conversion gives.
+footnotes, raw HTML other than a comment alone on its lines, indented blocks), or a joined result with a duplicate
+id, is converted whole instead, so the output is always what a whole conversion gives.
 """
 
 from __future__ import annotations
@@ -25,13 +25,19 @@ from markdown.treeprocessors import Treeprocessor  # type: ignore[import-untyped
 
 _MARK = "<!--policy-block-->"
 # Constructs whose meaning reaches across blank lines, or that a cut could break: convert such a text whole.
-_NOT_BLOCKWISE = re.compile(r"^ {0,3}(?:```|~~~)|^ {0,3}\[[^\]]+\]:|\[\^|^\*\[|\[TOC\]|^[ \t]*<", re.MULTILINE)
-_LIST_ITEM = re.compile(r"(?:[-*+]|\d+[.)])[ \t]")
+# (An HTML comment alone on its line is the one kind of raw HTML a cut cannot change, when it is a block of its
+# own: blocks() checks that. Linters leave many such comments in policy repositories.)
+_NOT_BLOCKWISE = re.compile(
+    r"^ {0,3}(?:```|~~~)|^ {0,3}\[[^\]]+\]:|\[\^|^\*\[|\[TOC\]|^[ \t]+<|^<(?!!--(?:(?!-->).)*-->[ \t]*$)", re.MULTILINE
+)
+_COMMENT = re.compile(r"<!--(?:(?!-->).)*-->[ \t]*")
+_LIST_ITEM = re.compile(r" {0,3}(?:[-*+]|\d+[.)])[ \t]")
 # An indented line after a blank one continues what came before (a list item's next paragraph, a code block
 # with a blank line inside): cut there, it would become a code block of its own. (Indented code at the very
 # start goes whole too: highlighting extensions number code blocks per document.)
 _INDENTED_AFTER_BLANK = re.compile(r"(?:^|\n[ \t]*\n)(?: {4}|\t)")
 _ID = re.compile(r'\sid="([^"]*)"')
+_NUMBERED = re.compile(r".+_\d+")  # an id toc numbered: a heading whose text came before in the same conversion
 # Extensions that give a paragraph of plain prose (see _PROSE) no markup beyond <p>: with only these, such
 # paragraphs skip python-markdown altogether (most of a policy's text, and most of the conversion time).
 _PROSE_SAFE = {
@@ -108,15 +114,18 @@ def blocks(body: str) -> list[str] | None:
         block = block.strip("\n")
         if not block.strip():
             continue
-        # A loose list or a quote continues across blank lines: keep such neighbours together.
+        # A loose list or a quote continues across blank lines: keep such neighbours together (the list may start
+        # under a heading in the block before; joining too much only converts more text at once).
         joins = out and (
-            (_LIST_ITEM.match(block) and _LIST_ITEM.match(out[-1].split("\n", 1)[0]))
-            or (block.startswith(">") and out[-1].startswith(">"))
+            (_LIST_ITEM.match(block) and any(_LIST_ITEM.match(line) for line in out[-1].split("\n")))
+            or (block.startswith(">") and any(line.startswith(">") for line in out[-1].split("\n")))
         )
         if joins:
             out[-1] += "\n\n" + block
         else:
             out.append(block)
+    if "\n<!--" in "\n" + body and any("\n<!--" in "\n" + b and not _COMMENT.fullmatch(b) for b in out):
+        return None  # a comment line inside a block: python-markdown's blank line after it would depend on the cut
     return out
 
 
@@ -157,7 +166,12 @@ class VersionRenderer:
         if distinct:
             pieces = self._convert(f"\n\n{_MARK}\n\n".join(distinct)).split(_MARK)
             if len(pieces) == len(distinct):
-                converted = {block: piece.strip("\n") for block, piece in zip(distinct, pieces)}
+                converted = {block: _piece(block, piece) for block, piece in zip(distinct, pieces)}
+                for block, piece in converted.items():
+                    # The one run numbers a heading whose text another version's heading had (contact_1): convert
+                    # such a block alone, so that only a text with that heading twice goes whole (_needs_whole).
+                    if "id=" in piece and any(_NUMBERED.fullmatch(i) for i in _ID.findall(piece)):
+                        converted[block] = _piece(block, self._convert(block))
                 html.update(converted)
                 if self._prose_fast:  # only extensions known to number nothing per document
                     self._shared.update((b, h) for b, h in converted.items() if "[" not in b and "<" not in b)
@@ -169,8 +183,14 @@ class VersionRenderer:
             if parts is None or not html or _needs_whole(parts, [i for b in parts for i in ids[b]]):
                 out.append(self._convert(body))
             else:
-                out.append("\n".join(html[b] for b in parts))
+                out.append("\n".join(html[b] for b in parts).rstrip("\n"))
         return out
+
+
+def _piece(block: str, html: str) -> str:
+    """A block's HTML as it stands between its neighbours in a whole conversion: a comment keeps the blank line
+    python-markdown puts after it."""
+    return html.strip("\n") + ("\n" if _COMMENT.fullmatch(block) else "")
 
 
 def _prose(block: str) -> bool:
@@ -183,4 +203,4 @@ def _needs_whole(parts: Sequence[str], ids: Sequence[str]) -> bool:
     in a whole text), or a heading id the one run de-duplicated (``contact_1``) that a whole text would not."""
     if len(ids) != len(set(ids)):
         return True
-    return any(re.fullmatch(r".+_\d+", i) for i in ids)
+    return any(_NUMBERED.fullmatch(i) for i in ids)

@@ -1,8 +1,10 @@
 """The `policy` MkDocs plugin: a thin adapter from MkDocs events to the pure modules beside it.
 
-records.py validates change records, versions.py hashes policy text and writes the manifest, banner.py decides
-which changes every page announces, and the history worker (history_worker.py, in a second process) writes
-each policy's change history, its past versions and the feed while MkDocs renders the site. The theme
+records.py validates change records, policy_pages.py finds policy pages by the `policies` patterns and gives
+them ids, versions.py hashes policy text and writes the manifest, banner.py decides which changes every page
+announces, and the history worker (history_worker.py, in a second process) works out each policy's versions
+(from change records, and with `adopted` from git history too) and writes its change history, its past versions
+and the feed while MkDocs renders the site; status.py turns its first answer into each policy page's status line. The theme
 overrides (overrides/) and assets (assets/) ship in this package, so a site enables the plugin and copies no
 templates.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import posixpath
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,21 +26,26 @@ import jinja2
 from markupsafe import Markup
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
-from mkdocs.plugins import BasePlugin, get_plugin_logger
+from mkdocs.plugins import BasePlugin, event_priority, get_plugin_logger
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.nav import Navigation
 from mkdocs.structure.pages import Page
+from mkdocs.utils.templates import TemplateContext
 
 from .banner import BuildDateError, PolicyChanges, active_changes, build_date, human_date
 from .config import PolicyConfig
 from .feed import FEED_NAME
 from .history import HistoryUnavailable, locate_repository
-from .history_job import Finish, Outcome, PolicySource, SiteInfo, changes_url
+from .history_job import Finish, Outcome, PolicySource, SiteInfo, Statuses, changes_url, versions_url
 from .history_pages import banner_bases, write_feed
 from .history_worker import HistoryWorker
+from .markdown_render import relative_url
+from .policy_pages import PatternError, PolicyPatterns, path_policy_id
 from .records import PolicyMeta, RecordError, check_unique_policy_ids, load_meta, parse_policy_meta
 from .redline import REDLINE_CSS
-from .versions import MANIFEST_NAME, Policy, VersionEntry, build_manifest, dump_manifest, split_front_matter
-from .versions import policy_version
+from .status import PolicyStatus, insert_status, status_from_records
+from .versions import MANIFEST_NAME, HistoryChange, Policy, VersionEntry, build_manifest, dump_manifest
+from .versions import policy_version, split_front_matter
 
 log = get_plugin_logger(__name__)
 
@@ -48,6 +56,7 @@ ASSETS = {"assets/policy/policy.css": HERE / "assets" / "policy.css", "assets/po
 THEME_PREFIX = "theme"
 FORM_TEMPLATE = "feedback.html"
 BANNER_TEMPLATE = "partials/policy-banner.html"
+STATUS_TEMPLATE = "partials/policy-status.html"
 HISTORY_CSS = "assets/policy/history.css"
 
 
@@ -84,6 +93,11 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self.feed_url: str | None = None
         self.versions: dict[str, tuple[VersionEntry, ...]] = {}
         self.change_versions: dict[str, tuple[str | None, ...]] = {}
+        self.history_changes: dict[str, tuple[HistoryChange, ...]] = {}
+        self._patterns = PolicyPatterns()
+        self._adopted: dt.date | None = None
+        self._statuses: dict[str, PolicyStatus] = {}  # by src_uri: what each policy page's status line says
+        self._env: jinja2.Environment | None = None
         self._worker: HistoryWorker | None = None
         self._site: SiteInfo | None = None
         self.outcome: Outcome | None = None  # what the history worker reported (timings for the bench)
@@ -94,16 +108,21 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         reading the git history (or refuse a shallow clone) before MkDocs reads a single page."""
         if self.config.banner_days < 0:
             raise PluginError(f"policy: banner_days must be 0 or more, got {self.config.banner_days}.")
+        try:
+            self._patterns = PolicyPatterns.parse(self.config.policies)
+        except PatternError as e:
+            raise PluginError(f"policy: {e}") from None
+        self._adopted = _adoption_date(self.config.adopted)
         dirs = config.theme.dirs
         dirs.insert(1 if config.theme.custom_dir else 0, str(OVERRIDES))
         config.extra_css.append("assets/policy/policy.css")
         self.feed_url = FEED_NAME if config.site_url else None
         if self.feed_url is None:
             log.warning(f"mkdocs.yml: site_url is not set, so the change feed {FEED_NAME} cannot be built; set site_url to the site's address.")
-        self._start_history(Path(config.config_file_path or "mkdocs.yml").resolve().parent)
+        self._start_history(Path(config.config_file_path or "mkdocs.yml").resolve().parent, config.docs_dir)
         return config
 
-    def _start_history(self, root: Path) -> None:
+    def _start_history(self, root: Path, docs_dir: str) -> None:
         self._close_worker()
         self.history_pages = False
         try:
@@ -114,22 +133,26 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             # info, not a warning: the site asked for this, so --strict must still pass.
             log.info(f"Building without change history pages or past versions (require_history: false): {e}")
             return
-        self._worker = HistoryWorker(root)
+        self._worker = HistoryWorker(root, docs_dir)
         self.history_pages = True
 
     def on_pre_build(self, *, config: MkDocsConfig) -> None:
         """Forget the previous build's pages (mkdocs serve rebuilds with the same plugin instance)."""
         self._pages = []
         self._form_pages = []
+        self._statuses = {}
+        self._env = None
 
     def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
         """Ship the plugin's CSS and JavaScript with the site, and tell the history worker about the site."""
         for uri, path in ASSETS.items():
             files.append(File.generated(config, uri, abs_src_path=str(path)))
+        pages = files.documentation_pages()
+        for pattern in self._patterns.unused(f.src_uri for f in pages):
+            log.warning(f"mkdocs.yml: the policies pattern {pattern!r} matches no page in {config.docs_dir}; correct it or remove it.")
         if self._worker is None:
             return files
         files.append(File.generated(config, HISTORY_CSS, content=REDLINE_CSS + HERE.joinpath("assets", "history.css").read_text()))
-        pages = files.documentation_pages()
         try:  # known now, so the worker can render its pages while MkDocs reads them (on_env checks it again)
             today = build_date(os.environ.get("SOURCE_DATE_EPOCH"))
         except BuildDateError as e:
@@ -150,6 +173,9 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             history_paths=tuple(f.abs_src_path for f in pages if f.abs_src_path is not None),
             feed_url=self.feed_url,
             build_date=today,
+            adopted=self._adopted,
+            sources=tuple((f.src_uri, f.abs_src_path) for f in pages if f.abs_src_path is not None),
+            policy_patterns=tuple(self.config.policies),
         )
         self._worker.send(self._site)
         return files
@@ -159,8 +185,17 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         path = _display_path(page, config)
         source = page.file.content_string  # reads the file on every access: once here
         meta_text, body = split_front_matter(source)
+        path_id = None
+        if self._patterns.matches(page.file.src_uri):
+            try:
+                path_id = path_policy_id(page.file.src_uri)
+            except ValueError:
+                raise PluginError(
+                    f"{path}: this page matches the policies patterns, but its path has no letter or digit to make a "
+                    "policy id from; add policy_id to its front matter."
+                ) from None
         try:
-            meta = parse_policy_meta(_front_matter(page.meta, markdown, meta_text, path), path)
+            meta = parse_policy_meta(_front_matter(page.meta, markdown, meta_text, path), path, path_id)
         except RecordError as e:
             raise PluginError(str(e)) from None
         if page.meta.get("template") == FORM_TEMPLATE:
@@ -175,7 +210,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             p = self._pages[-1]
             self._worker.send(PolicySource(
                 p.meta.policy_id, _title(page), page.url, page.file.src_uri, page.file.abs_src_path, p.path, None,
-                p.meta.changes,
+                p.meta.changes, p.meta.id_from_path,
             ))
         return html
 
@@ -203,11 +238,48 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             return Markup(env.get_template(BANNER_TEMPLATE).render(policy_banner=banner, policy_root=root)) if banner else Markup("")
 
         env.globals["policy_banner_html"] = banner_html
+        statuses = Statuses(history=False)
         if self._worker is not None:
             bases = banner_bases([p.page.url for p in self._pages])
             self._worker.send(Finish({b: str(banner_html(b)) for b in sorted(bases)}, self.feed_url, today))
+            began = time.perf_counter()
+            statuses = self._worker.statuses()
+            log.debug(f"Waited {time.perf_counter() - began:.2f} s for the status lines.")
+        errors = [s.error for s in statuses.policies.values() if s.error is not None]
+        if errors:
+            raise PluginError("\n".join(sorted(errors)))
+        self.history_pages = self.history_pages and statuses.history
+        self._statuses = {
+            p.page.file.src_uri: statuses.policies.get(p.page.file.src_uri) or status_from_records(p.meta.changes)
+            for p in self._pages
+        }
         self._today = today
+        self._env = env
         return env
+
+    @event_priority(-50)  # after the search plugin has indexed the page: the status line is not policy text
+    def on_page_context(self, context: TemplateContext, *, page: Page, config: MkDocsConfig, nav: Navigation) -> TemplateContext:
+        """Put the status line (in force since, change history, versions, feed) under a policy page's title."""
+        status = self._statuses.get(page.file.src_uri)
+        if status is None or self._env is None or page.content is None or self._today is None:
+            return context
+        history = self.history_pages and status.versions > 0
+
+        def href(target: str) -> str:
+            return relative_url(target, page.url)
+
+        links = []
+        if history:
+            links.append((href(changes_url(page.url)), "Change history"))
+            links.append((href(versions_url(page.url)), f"All versions ({status.versions})"))
+        if self.feed_url is not None:
+            links.append((href(self.feed_url), "Changes feed (Atom)"))
+        html = self._env.get_template(STATUS_TEMPLATE).render(
+            status=status, upcoming=status.upcoming(self._today), links=links,
+            in_force_href=href(status.in_force[1]) if history and status.in_force else None,
+        )
+        page.content = insert_status(page.content, html)
+        return context
 
     def on_post_build(self, *, config: MkDocsConfig) -> None:
         """Collect the change history from the worker, warn about unrecorded edits, write the manifest and the feed."""
@@ -239,6 +311,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         for result in outcome.policies:
             self.versions[result.policy_id] = result.versions
             self.change_versions[result.policy_id] = result.change_versions
+            self.history_changes[result.policy_id] = result.history_changes
             if result.unrecorded_diff is not None:
                 # A warning, so that `mkdocs build --strict` fails: MkDocs counts warnings up to the end of on_post_build.
                 log.warning(
@@ -270,6 +343,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
                 changes=p.meta.changes,
                 versions=self.versions.get(p.meta.policy_id, ()),
                 change_versions=self.change_versions.get(p.meta.policy_id, ()),
+                history_changes=self.history_changes.get(p.meta.policy_id, ()),
             )
             for p in self._pages
         ]
@@ -336,6 +410,20 @@ def _holds_date(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_date(v) for v in value)
     return False
+
+
+def _adoption_date(value: object) -> dt.date | None:
+    """The `adopted` option as a date (YAML gives a date for 2024-06-01 unquoted, text when quoted)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise PluginError(f"policy: adopted must be a date written YYYY-MM-DD (the day the site takes over), got {value!r}.")
 
 
 def _display_path(page: Page, config: MkDocsConfig) -> str:

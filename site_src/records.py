@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+# A slug, or slugs in folders ("hr/leave"): the form of the ids a page's path gives it (policy_pages.py).
+_SLUG_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*(?:/[a-z0-9]+(?:-[a-z0-9]+)*)*")
 _KEYS = ("date", "summary", "effective", "material")
 
 
@@ -45,6 +46,7 @@ class PolicyMeta:
 
     policy_id: str
     changes: tuple[ChangeRecord, ...]  # newest first
+    id_from_path: bool = False  # no policy_id in the front matter: the page matched the plugin's `policies`
 
 
 # libyaml's parser when PyYAML was built with it: the pure-Python one took 2.3 s for 500 pages' front matter.
@@ -91,17 +93,22 @@ def load_meta(meta_text: str | None, path: str) -> dict[str, Any]:
     return data
 
 
-def parse_policy_meta(meta: Mapping[str, Any], path: str) -> PolicyMeta | None:
-    """Validate a page's front matter; None for a page that is not a policy page."""
+def parse_policy_meta(meta: Mapping[str, Any], path: str, path_id: str | None = None) -> PolicyMeta | None:
+    """Validate a page's front matter; None for a page that is not a policy page.
+
+    ``path_id`` is the id the page's path gives it when the plugin's ``policies`` patterns match it: the page is
+    then a policy page even without ``policy_id``."""
     policy_id = meta.get("policy_id")
     if policy_id is None:
+        if path_id is not None:
+            return PolicyMeta(path_id, parse_changes(meta.get("changes"), path), id_from_path=True)
         if "changes" in meta:
             raise RecordError(f"{path}: changes needs a policy_id in the same front matter; add policy_id: <slug>.")
         return None
     if not isinstance(policy_id, str) or not _SLUG_RE.fullmatch(policy_id):
         raise RecordError(
-            f"{path}: policy_id must be a simple slug of lowercase letters, digits and hyphens "
-            f"(for example 'privacy'), got {policy_id!r}."
+            f"{path}: policy_id must be a simple slug of lowercase letters, digits and hyphens, in folders "
+            f"separated by '/' if you like (for example 'privacy' or 'hr/leave'), got {policy_id!r}."
         )
     return PolicyMeta(policy_id, parse_changes(meta.get("changes"), path))
 

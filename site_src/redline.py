@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import lru_cache
 from html import escape
+from typing import Any
 
 Segment = tuple[str, str]  # (op, text); op is "equal", "delete" or "insert"
 
@@ -128,8 +129,14 @@ def word_diff(old: str, new: str) -> list[Segment]:
 
 
 def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
-    """SequenceMatcher opcodes, with the common head and tail cut off first: an edit to one sentence then
-    costs a diff of that sentence, not of the paragraph."""
+    """SequenceMatcher opcodes of two token lists, with the common head and tail cut off first: an edit to one
+    sentence then costs a diff of that sentence, not of the paragraph."""
+    # Spaces are half of all tokens: as junk they only extend matches, which keeps long paragraphs fast.
+    return _trimmed_opcodes(a, b, str.isspace)
+
+
+def _trimmed_opcodes(a: Sequence[Any], b: Sequence[Any], junk: Callable[[Any], bool] | None) -> list[tuple[str, int, int, int, int]]:
+    """SequenceMatcher opcodes with the common head and tail cut off first (equal runs at both ends)."""
     shorter = min(len(a), len(b))
     head = 0
     while head < shorter and a[head] == b[head]:
@@ -138,9 +145,9 @@ def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]
     while tail < shorter - head and a[-1 - tail] == b[-1 - tail]:
         tail += 1
     ops = [("equal", 0, head, 0, head)] if head else []
-    # Spaces are half of all tokens: as junk they only extend matches, which keeps long paragraphs fast.
-    middle = SequenceMatcher(str.isspace, a[head : len(a) - tail], b[head : len(b) - tail], autojunk=False)
-    ops += [(tag, i1 + head, i2 + head, j1 + head, j2 + head) for tag, i1, i2, j1, j2 in middle.get_opcodes()]
+    if head < len(a) - tail or head < len(b) - tail:
+        middle = SequenceMatcher(junk, a[head : len(a) - tail], b[head : len(b) - tail], autojunk=False)
+        ops += [(tag, i1 + head, i2 + head, j1 + head, j2 + head) for tag, i1, i2, j1, j2 in middle.get_opcodes()]
     if tail:
         ops.append(("equal", len(a) - tail, len(a), len(b) - tail, len(b)))
     return ops
@@ -174,13 +181,26 @@ def redline_blocks(old_markdown: str, new_markdown: str) -> list[Block]:
     """The whole redline from one Markdown body to another, block by block, unchanged blocks included."""
     old, new = _plain_blocks(old_markdown), _plain_blocks(new_markdown)
     blocks: list[Block] = []
-    matcher = SequenceMatcher(None, old, new, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in _trimmed_opcodes(old, new, None):
         if tag == "equal":
             blocks += [Block(kind, (("equal", text),)) for kind, text in old[i1:i2]]
         else:
             blocks += _pair(old[i1:i2], new[j1:j2])
     return blocks
+
+
+def _html_blocks(old_markdown: str, new_markdown: str) -> list[tuple[str, str, bool]]:
+    """redline_blocks as (kind, HTML, changed), without a Block for each unchanged one (most of them)."""
+    old, new = _plain_blocks(old_markdown), _plain_blocks(new_markdown)
+    out: list[tuple[str, str, bool]] = []
+    for tag, i1, i2, j1, j2 in _trimmed_opcodes(old, new, None):
+        if tag == "equal":
+            out += [(kind, _unchanged_html(kind, text), False) for kind, text in old[i1:i2]]
+            continue
+        for block in _pair(old[i1:i2], new[j1:j2]):
+            changed = block.changed
+            out.append((block.kind, _render_block(block) if changed else _block_html(block), changed))
+    return out
 
 
 def _segment_html(op: str, text: str) -> str:
@@ -212,19 +232,19 @@ def _render_block(block: Block) -> str:
 def redline_html(old_markdown: str, new_markdown: str, *, context: int = 1) -> str:
     """Render the redline as HTML: changed blocks whole, `context` unchanged blocks around them and every heading;
     other unchanged paragraphs fold into a <details> element, which opens without JavaScript."""
-    blocks = redline_blocks(old_markdown, new_markdown)
-    changed = [i for i, b in enumerate(blocks) if b.changed]
+    blocks = _html_blocks(old_markdown, new_markdown)
+    changed = [i for i, (_, _, is_changed) in enumerate(blocks) if is_changed]
     if not changed:
         return '<div class="policy-redline"><p>The wording did not change.</p></div>'
     near = {i for c in changed for i in range(c - context, c + context + 1)}
     parts: list[str] = ['<div class="policy-redline">']
     folded: list[str] = []
-    for i, block in enumerate(blocks):
-        if i in near or block.kind == "heading":
+    for i, (kind, html, _) in enumerate(blocks):
+        if i in near or kind == "heading":
             parts.append(_fold(folded))
-            parts.append(_block_html(block))
+            parts.append(html)
         else:
-            folded.append(_block_html(block))
+            folded.append(html)
     parts += [_fold(folded), "</div>"]
     return "\n".join(p for p in parts if p)
 

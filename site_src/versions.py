@@ -33,6 +33,16 @@ class VersionEntry:
 
 
 @dataclass(frozen=True)
+class HistoryChange:
+    """A change taken from the repository's history (before the adoption date): a commit that changed the text."""
+
+    date: str  # YYYY-MM-DD, the commit's date (UTC); the text took effect that day
+    summary: str  # the commit's subject line
+    version: str  # the text it introduced
+    commit: str
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything the manifest says about one policy page."""
 
@@ -45,6 +55,8 @@ class Policy:
     versions: tuple[VersionEntry, ...] = ()
     # The version each record introduced, in the order of ``changes``; empty when git history is not available.
     change_versions: tuple[str | None, ...] = ()
+    # With an adoption date: the commits before it that changed the text, newest first.
+    history_changes: tuple[HistoryChange, ...] = ()
 
 
 def normalise_newlines(text: str) -> str:
@@ -100,11 +112,28 @@ def _policy_dict(policy: Policy) -> dict[str, Any]:
         "title": policy.title,
         "url": policy.url,
         "version": policy.version,
-        "changes": [_change_dict(c, v) for c, v in zip(policy.changes, policy.change_versions or [None] * len(policy.changes))],
+        "changes": _changes(policy),
         "versions": [
             {"version": v.version, "effective": v.effective, "url": v.url, "current": v.current} for v in versions
         ],
     }
+
+
+def _changes(policy: Policy) -> list[dict[str, Any]]:
+    """Records and changes from the history, newest first (a record before a commit of the same day: records
+    follow the adoption). A change from the history says so, names its commit, and has material null: whether
+    it was material is not known, so it is never announced."""
+    records = [
+        _change_dict(c, v) for c, v in zip(policy.changes, policy.change_versions or [None] * len(policy.changes))
+    ]
+    history = [
+        {"date": h.date, "effective": h.date, "summary": h.summary, "material": None, "version": h.version,
+         "source": "history", "commit": h.commit}
+        for h in policy.history_changes
+    ]
+    merged = records + history
+    merged.sort(key=lambda c: str(c["date"]), reverse=True)  # stable: records stay ahead of commits of their day
+    return merged
 
 
 def _change_dict(change: ChangeRecord, version: str | None) -> dict[str, Any]:

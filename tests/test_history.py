@@ -107,3 +107,28 @@ def test_history_reader_started_early_reads_files_named_later(tmp_path: Path) ->
         reader.result()
     reader.request([Path("b.md")])
     assert [r.text for r in reader.result()[Path("b.md")].revisions] == ["b\n"]
+
+
+def test_read_history_keeps_each_commit_subject_and_a_merge_title(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path)
+    repo.commit("2026-01-05", {"docs/policy.md": "one\n"}, message="Publish the policy\n\nLong explanation.")
+    repo.git("checkout", "-q", "-b", "edit")
+    repo.commit("2026-02-01", {"docs/policy.md": "two\n"}, message="Draft")
+    repo.git("checkout", "-q", "main")
+    repo.git("merge", "-q", "--no-ff", "-m", "Merge pull request #4 from staff/edit", "-m", "Say two", "edit", day="2026-02-10")
+    history = read_history(tmp_path, [Path("docs/policy.md")])[Path("docs/policy.md")]
+    assert [(r.subject, r.merged) for r in history.revisions] == [
+        ("Publish the policy", None), ("Merge pull request #4 from staff/edit", "Say two")
+    ]
+    assert history.name == "docs/policy.md"
+
+
+def test_history_reader_reads_more_files_with_a_second_request(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path)
+    repo.commit("2026-01-05", {"a.md": "a\n", "b.md": "b\n"})
+    reader = HistoryReader(tmp_path)
+    reader.request([Path("a.md")])
+    assert set(reader.result()) == {Path("a.md")}
+    reader.request([Path("b.md")])
+    assert {p: [r.text for r in h.revisions] for p, h in reader.result().items()} == {Path("a.md"): ["a\n"], Path("b.md"): ["b\n"]}
+    assert reader.requested == {Path("a.md"), Path("b.md")}

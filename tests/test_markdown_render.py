@@ -42,7 +42,9 @@ def test_versions_render_exactly_as_a_whole_conversion() -> None:
     renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
     rendered = renderer.render(bodies, src_uri="privacy.md", page_url="privacy.md")
     assert rendered == [whole(b) for b in bodies]
-    assert renderer.conversions == 2  # one run for every block of every version, one whole text (a repeated heading)
+    # One run for every block of every version; the heading "## Contact" alone (the run numbered it contact_1, as
+    # "## Contact {#contact}" came first); the third text whole (it has that heading twice).
+    assert renderer.conversions == 3
 
 
 def test_blocks_no_page_can_change_are_converted_once_for_every_policy() -> None:
@@ -94,6 +96,35 @@ def test_indented_continuations_convert_whole(body: str) -> None:
     assert blocks(body) is None
     renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
     assert renderer.render([body, body + "\nMore.\n"], src_uri="p.md", page_url="p/") == [whole(body), whole(body + "\nMore.\n")]
+
+
+@pytest.mark.parametrize("body", [
+    "# P\n\n### Under a heading\n- one\n\n- two\n\nEnd.\n",  # the list starts in the heading's block
+    "# P\n\n  * one, indented\n\n  *\ttwo\n\nEnd.\n",  # items indented by up to three spaces
+])
+def test_loose_list_stays_one_list_across_blank_lines(body: str) -> None:
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
+    assert renderer.render([body], src_uri="p.md", page_url="p/") == [whole(body)]
+    assert whole(body).count("<ul>") == 1
+
+
+def test_comment_lines_are_cut_around_with_the_blank_line_python_markdown_puts_after_them() -> None:
+    bodies = ["<!-- lint: off -->\n\n# P\n\n- a\n\n<!-- lint: on -->\n\nText.\n\n<!-- end -->\n", "# P\n\nText.\n\n<!-- end -->\n"]
+    assert blocks(bodies[0]) == ["<!-- lint: off -->", "# P", "- a", "<!-- lint: on -->", "Text.", "<!-- end -->"]
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
+    assert renderer.render(bodies, src_uri="p.md", page_url="p/") == [whole(b) for b in bodies]
+    assert renderer.conversions == 1
+    assert blocks("Text\n<!-- inside a block -->\n\nMore.\n") is None and blocks("<!-- c --> and text\n") is None
+
+
+def test_heading_another_version_had_keeps_its_id_without_a_whole_conversion() -> None:
+    bodies = ["# P\n\n## Cookies\n\nOld.\n", "# P\n\n## Cookies.\n\nNew.\n"]  # both headings are #cookies
+    renderer = VersionRenderer(EXTENSIONS, CONFIGS, {})
+    converted: list[str] = []
+    convert = renderer._convert
+    renderer._convert = lambda text: (converted.append(text), convert(text))[1]  # type: ignore[method-assign]
+    assert renderer.render(bodies, src_uri="p.md", page_url="p/") == [whole(b) for b in bodies]
+    assert converted[1:] == ["## Cookies."]  # after the one run, that heading alone: no version converted whole
 
 
 def test_meta_extension_turns_block_wise_conversion_off() -> None:

@@ -31,12 +31,13 @@ def epoch(day: str) -> str:
     return str(int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()))
 
 
-def mkdocs_build(project: Path, out: Path, day: str | None = ACTIVE_DAY) -> subprocess.CompletedProcess[str]:
-    """Run `mkdocs build --strict` in a fresh process, as CI does, with the build date fixed to ``day``."""
+def mkdocs_build(project: Path, out: Path, day: str | None = ACTIVE_DAY, quiet: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `mkdocs build --strict` in a fresh process, as CI does, with the build date fixed to ``day``.
+    (``quiet`` hides warnings from --strict too, as MkDocs 1.6 filters them before it counts them.)"""
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"} | {"NO_MKDOCS_2_WARNING": "1"}
     if day is not None:
         env["SOURCE_DATE_EPOCH"] = epoch(day)
-    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(project / "mkdocs.yml"), "-d", str(out)]
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", *(["-q"] if quiet else []), "-f", str(project / "mkdocs.yml"), "-d", str(out)]
     return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -163,6 +164,40 @@ def test_malformed_record_fails_the_build_naming_the_field(tmp_path: Path, case:
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def status_text(page: Path) -> str:
+    match = re.search(r"<p class=\"policy-status\" data-policy-status>(.*?)</p>", page.read_text(encoding="utf-8"), re.DOTALL)
+    assert match, f"no status line in {page}"
+    return " ".join(re.sub(r"<[^>]+>", "", match.group(1)).split())
+
+
+def test_status_line_without_history_comes_from_the_latest_record(active_site: Path) -> None:
+    # The fixture has no git history: no change history pages to link to, only the feed.
+    assert status_text(active_site / "privacy" / "index.html") == "This text takes effect on 20 December 2026. Changes feed (Atom)"
+    assert status_text(active_site / "terms" / "index.html") == "In force since 10 November 2026. Changes feed (Atom)"
+    assert "data-policy-status" not in (active_site / "index.html").read_text(encoding="utf-8")
+    index = json.loads((active_site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    assert not [d["location"] for d in index["docs"] if "In force since" in d["text"] or "Changes feed" in d["text"]]
+
+
+BAD_OPTIONS = {
+    "unknown-pattern": ('policies: ["polices/*.md"]', "the policies pattern 'polices/*.md' matches no page"),
+    "absolute-pattern": ('policies: ["/docs/*.md"]', "policies[0] must be relative to docs_dir"),
+    # Quoted: MkDocs' own YAML loader stops with a traceback on an impossible unquoted date, before any plugin runs.
+    "bad-adoption-date": ('adopted: "2024-13-01"', "adopted must be a date written YYYY-MM-DD"),
+    "adoption-date-in-words": ("adopted: June 2024", "adopted must be a date written YYYY-MM-DD"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_bad_adoption_options_fail_the_build_saying_why(tmp_path: Path, case: tuple[str, str]) -> None:
+    option, message = case
+    project = fixture_copy(tmp_path)
+    config = project / "mkdocs.yml"
+    config.write_text(config.read_text().replace("require_history: false", f"require_history: false\n      {option}"), encoding="utf-8")
+    result = mkdocs_build(project, tmp_path / "site", quiet=False)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_two_builds_with_the_same_source_date_epoch_are_byte_identical(active_site: Path, tmp_path: Path) -> None:

@@ -66,10 +66,12 @@ def make_repo(root: Path) -> GitRepo:
     return repo
 
 
-def build(project: Path, out: Path, on: str = BUILD_DAY) -> subprocess.CompletedProcess[str]:
-    """`mkdocs build --strict` in a fresh process on the day `on`, INFO messages kept."""
+def build(project: Path, out: Path, on: str = BUILD_DAY, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`mkdocs build --strict` in a fresh process on the day `on`, INFO messages kept (``path``: its PATH)."""
     day = dt.datetime.fromisoformat(on).replace(tzinfo=dt.timezone.utc)
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(day.timestamp())), "NO_MKDOCS_2_WARNING": "1"}
+    if path is not None:
+        env["PATH"] = path
     # The console script, not `python -m`: a clone of this project holds its own site_src, which `-m` would import.
     mkdocs = str(Path(sys.executable).parent / "mkdocs")
     cmd = [mkdocs, "build", "--strict", "-f", str(project / "mkdocs.yml"), "-d", str(out)]

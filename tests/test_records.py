@@ -98,6 +98,20 @@ def test_policy_id_must_be_a_simple_slug(policy_id: str) -> None:
         parse_policy_meta({"policy_id": policy_id}, PATH)
 
 
+def test_policy_id_may_have_folders_like_an_id_from_a_path() -> None:
+    policy = parse_policy_meta({"policy_id": "hr/annual-leave"}, PATH)
+    assert policy is not None and policy.policy_id == "hr/annual-leave" and not policy.id_from_path
+    with pytest.raises(RecordError, match="simple slug"):
+        parse_policy_meta({"policy_id": "hr//leave"}, PATH)
+
+
+def test_page_matched_by_the_policies_patterns_is_a_policy_without_policy_id() -> None:
+    policy = parse_policy_meta(meta("title: Leave\nchanges:\n  - {date: 2026-11-20, summary: A.}\n"), PATH, "hr/leave")
+    assert policy is not None and (policy.policy_id, policy.id_from_path, len(policy.changes)) == ("hr/leave", True, 1)
+    pinned = parse_policy_meta(meta("policy_id: leave\n"), PATH, "hr/leave")
+    assert pinned is not None and (pinned.policy_id, pinned.id_from_path) == ("leave", False)
+
+
 def test_policy_id_that_is_not_text_is_refused() -> None:
     with pytest.raises(RecordError, match="policy_id must be a simple slug .* got 42"):
         parse_policy_meta(meta("policy_id: 42\n"), PATH)

@@ -135,3 +135,80 @@ def test_timeline_two_records_of_one_day_each_get_their_own_commit(tmp_path: Pat
         "Morning change.": (first, V2),
         "Later.": (second, V3),
     }
+
+
+ADOPTED = date(2024, 6, 30)
+
+
+def _adopted_timeline(repo: GitRepo, adopted: date = ADOPTED) -> Timeline:
+    source = (repo.root / "privacy.md").read_text()
+    history = read_history(repo.root, [Path("privacy.md")])[Path("privacy.md")]
+    return build_timeline(history, _records(source), source, "privacy/", adopted)
+
+
+def _adopted_repo(tmp_path: Path) -> tuple[GitRepo, list[str]]:
+    """Four texts in git before the adoption date: two on one day, and a front-matter-only commit between."""
+    repo = GitRepo(tmp_path)
+    shas = [repo.commit("2024-01-10", {"privacy.md": V1}, message="First text")]
+    shas.append(repo.commit("2024-03-01", {"privacy.md": V2}, message="Name the partners"))
+    repo.commit("2024-03-01", {"privacy.md": "---\ntitle: Privacy\n---\n\n" + V2}, message="Add a title")
+    shas.append(repo.commit("2024-03-01", {"privacy.md": "---\ntitle: Privacy\n---\n\n" + V3}, message="Stop sharing"))
+    return repo, shas
+
+
+def test_adopted_versions_are_the_commits_that_changed_the_text(tmp_path: Path) -> None:
+    repo, shas = _adopted_repo(tmp_path)
+    timeline = _adopted_timeline(repo)
+    assert [(c.record.summary, c.record.date, c.commit, c.before, c.after, c.from_history) for c in timeline.changes] == [
+        ("Stop sharing", date(2024, 3, 1), shas[2], V2, V3, True),
+        ("Name the partners", date(2024, 3, 1), shas[1], V1, V2, True),
+        ("First text", date(2024, 1, 10), shas[0], None, V1, True),
+    ]
+    assert [(v.url, v.body, v.current) for v in timeline.versions] == [
+        ("privacy/versions/2024-03-01-2/", V3, True),
+        ("privacy/versions/2024-03-01/", V2, False),
+        ("privacy/versions/2024-01-10/", V1, False),
+    ]
+    assert timeline.unrecorded_diff is None
+
+
+def test_adopted_edit_after_the_adoption_date_still_needs_a_record(tmp_path: Path) -> None:
+    repo, _ = _adopted_repo(tmp_path)
+    repo.commit("2024-07-01", {"privacy.md": V3.replace("never", "rarely")}, message="Quiet edit")
+    timeline = _adopted_timeline(repo)
+    assert "+We rarely share statistics." in (timeline.unrecorded_diff or "")
+    assert [c.record.summary for c in timeline.changes][0] == "Stop sharing"
+    assert _adopted_timeline(repo, date(2024, 7, 1)).unrecorded_diff is None  # adopted a day later: history
+
+
+def test_adopted_then_records_after_the_date(tmp_path: Path) -> None:
+    repo, shas = _adopted_repo(tmp_path)
+    record = {"date": "2024-08-01", "summary": "Shared again."}
+    later = repo.commit("2024-08-01", {"privacy.md": policy_source(V2, [record])}, message="Share again")
+    newest = _adopted_timeline(repo).changes[0]
+    assert (newest.record.summary, newest.commit, newest.before, newest.after, newest.from_history) == ("Shared again.", later, V3, V2, False)
+    assert [v.url for v in _adopted_timeline(repo).versions][:2] == ["privacy/versions/2024-08-01/", "privacy/versions/2024-03-01-2/"]
+
+
+def test_adopted_commit_that_came_with_a_record_is_told_by_the_record(tmp_path: Path) -> None:
+    repo, shas = _adopted_repo(tmp_path)
+    record = {"date": "2024-06-30", "summary": "Named the partners again."}
+    sha = repo.commit("2024-06-30", {"privacy.md": policy_source(V2, [record])}, message="wip")
+    summaries = [(c.record.summary, c.commit, c.from_history) for c in _adopted_timeline(repo).changes]
+    assert summaries[0] == ("Named the partners again.", sha, False)
+    assert "wip" not in [s for s, _, _ in summaries]
+
+
+def test_two_records_of_one_day_keep_a_version_each(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path)
+    repo.commit("2026-01-10", {"privacy.md": policy_source(V1)})
+    morning = {"date": "2026-03-01", "summary": "Morning change."}
+    repo.commit("2026-03-01", {"privacy.md": policy_source(V2, [morning])})
+    repo.commit("2026-03-01", {"privacy.md": policy_source(V3, [{"date": "2026-03-01", "summary": "Later."}, morning])})
+    timeline = _timeline(repo)
+    assert [(v.url, v.body, v.current) for v in timeline.versions] == [
+        ("privacy/versions/2026-03-01-2/", V3, True),
+        ("privacy/versions/2026-03-01/", V2, False),
+        ("privacy/versions/2026-01-10/", V1, False),
+    ]
+    assert [(c.record.summary, c.before, c.after) for c in timeline.changes] == [("Later.", V2, V3), ("Morning change.", V1, V2)]

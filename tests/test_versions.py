@@ -8,6 +8,7 @@ import json
 
 from site_src.records import ChangeRecord
 from site_src.versions import (
+    HistoryChange,
     Policy,
     VersionEntry,
     build_manifest,
@@ -73,6 +74,20 @@ def test_manifest_keeps_versions_from_history() -> None:
     now = VersionEntry("a" * 64, "2026-12-20", "privacy/", True)
     manifest = build_manifest([Policy("privacy", "Privacy", "privacy/", "a" * 64, (RECORD,), (now, past))])
     assert [v["url"] for v in manifest["policies"][0]["versions"]] == ["privacy/", "privacy/versions/2026-01-01/"]
+
+
+def test_manifest_lists_changes_from_history_after_records_marked_with_their_commit() -> None:
+    older = HistoryChange("2026-03-01", "Name the partners", "c" * 64, "1" * 40)
+    same_day = HistoryChange("2026-11-20", "Tidy the wording", "d" * 64, "2" * 40)
+    policy = Policy("privacy", "Privacy", "privacy/", "a" * 64, (RECORD,), change_versions=("a" * 64,), history_changes=(same_day, older))
+    changes = build_manifest([policy])["policies"][0]["changes"]
+    assert [(c["date"], c["summary"], c["material"], c.get("source"), c.get("commit")) for c in changes] == [
+        ("2026-11-20", "Clarified.", True, None, None),
+        ("2026-11-20", "Tidy the wording", None, "history", "2" * 40),
+        ("2026-03-01", "Name the partners", None, "history", "1" * 40),
+    ]
+    assert changes[2] == {"date": "2026-03-01", "effective": "2026-03-01", "summary": "Name the partners", "material": None,
+                          "version": "c" * 64, "source": "history", "commit": "1" * 40}
 
 
 def test_dump_manifest_is_stable_sorted_json_with_trailing_newline() -> None:
