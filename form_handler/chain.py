@@ -110,6 +110,26 @@ class WalkResult:
     problem: str | None = None
 
 
+# The walk's sentences, shared with form_handler/verify.py, which checks ranges of the chain in parallel.
+ZERO_CHECKPOINT_PROBLEM = "checkpoint of 0 entries must have the genesis head"
+
+
+def missing_problem(expected: int, found: object) -> str:
+    return f"entry #{expected} is missing (found #{found} next)"
+
+
+def hash_problem(seq: int) -> str:
+    return f"entry #{seq} does not match its hash"
+
+
+def rewritten_problem(seq: int) -> str:
+    return f"entry #{seq} differs from the checkpoint's head (rewritten history)"
+
+
+def removed_problem(count: int, checkpoint_count: int) -> str:
+    return f"the ledger has {count} entries but the checkpoint has {checkpoint_count}: entries were removed"
+
+
 def walk(rows: Iterable[tuple[int, str, bytes | str]], against: Checkpoint | None = None) -> WalkResult:
     """Check seq continuity and every hash over (seq, hash, canonical) rows in seq order.
 
@@ -120,26 +140,23 @@ def walk(rows: Iterable[tuple[int, str, bytes | str]], against: Checkpoint | Non
     expected_seq, prev = 1, GENESIS
     seen_checkpoint = against is None or against.count == 0
     if against is not None and against.count == 0 and against.head != GENESIS:
-        return WalkResult(0, GENESIS, None, "checkpoint of 0 entries must have the genesis head")
+        return WalkResult(0, GENESIS, None, ZERO_CHECKPOINT_PROBLEM)
     sha256 = hashlib.sha256
     for seq, stored_hash, data in rows:
         if seq != expected_seq:
-            return WalkResult(expected_seq - 1, prev, expected_seq, f"entry #{expected_seq} is missing (found #{seq} next)")
+            return WalkResult(expected_seq - 1, prev, expected_seq, missing_problem(expected_seq, seq))
         if type(data) is not bytes:
             # A tamperer may have changed the column's type too; hash the bytes SQLite hands back.
             data = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
         if sha256(prev.encode() + data).hexdigest() != stored_hash:
-            return WalkResult(seq - 1, prev, seq, f"entry #{seq} does not match its hash")
+            return WalkResult(seq - 1, prev, seq, hash_problem(seq))
         if seq == expected_seq and against is not None and seq == against.count:
             if stored_hash != against.head:
-                return WalkResult(seq - 1, prev, seq, f"entry #{seq} differs from the checkpoint's head (rewritten history)")
+                return WalkResult(seq - 1, prev, seq, rewritten_problem(seq))
             seen_checkpoint = True
         prev = stored_hash
         expected_seq += 1
     count = expected_seq - 1
     if not seen_checkpoint and against is not None:
-        return WalkResult(
-            count, prev, count + 1,
-            f"the ledger has {count} entries but the checkpoint has {against.count}: entries were removed",
-        )
+        return WalkResult(count, prev, count + 1, removed_problem(count, against.count))
     return WalkResult(count, prev)

@@ -172,17 +172,25 @@ def erase(ledger_path: Path | None, receipt_id: str) -> None:
     "--manifest", default=None, metavar="PATH_OR_URL",
     help="The published policy-versions.json [default: POLICY_SITE_MANIFEST or site/policy-versions.json].",
 )
-@click.option("--dry-run", is_flag=True, help="List who would be written to; send and record nothing.")
-def notify(ledger_path: Path | None, manifest: str | None, dry_run: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Count who would be written to; send and record nothing.")
+@click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+    help="Send at most N messages per second (e.g. 0.5, 20) [default: unpaced, one message after the other].",
+)
+@click.option("-v", "--verbose", is_flag=True, help="One line per person (would notify, sent, skipped).")
+def notify(ledger_path: Path | None, manifest: str | None, dry_run: bool, rate: float | None, verbose: bool) -> None:
     """E-mail each confirmed subscriber once about material policy changes since the version they agreed to.
 
     Each notice is recorded in the ledger right after the mail server took it, before the next one
-    is sent, so running the command again sends nothing twice. After a crash, only the one message
-    that was in flight may be sent once more.
+    is sent, so running the command again sends nothing twice and carries on where a stopped or killed
+    run left off. After a crash, only the one message that was in flight may be sent once more.
+    A progress line appears every 10 seconds; failures are always listed, other people with --verbose.
 
     Example:
 
+    \b
         policy-site notify --manifest site/policy-versions.json --dry-run
+        policy-site notify --manifest site/policy-versions.json --rate 20
     """
     from .mail import MailError
     from .manifest import ManifestUnavailable
@@ -192,16 +200,22 @@ def notify(ledger_path: Path | None, manifest: str | None, dry_run: bool) -> Non
     settings = load_settings()
     with open_ledger(ledger_path, readonly=dry_run) as led:
         try:
-            result = run_notify(led, settings, manifest or settings.manifest, dry_run=dry_run, echo=click.echo)
+            result = run_notify(led, settings, manifest or settings.manifest, dry_run=dry_run, rate=rate,
+                                verbose=verbose, echo=click.echo)
         except (NotifyError, ManifestUnavailable, MailError) as e:
             raise click.ClickException(str(e)) from None
     if dry_run:
-        click.echo(f"{len(result.planned)} would be notified; nothing was sent or recorded.")
+        click.echo(f"{result.planned} would be notified; nothing was sent or recorded.")
         return
-    click.echo(f"{len(result.sent)} notified, {len(result.failed)} failed.")
+    click.echo(f"{result.sent} notified, {result.failed} failed.")
+    if result.stopped:
+        raise click.ClickException(
+            f"Sending stopped: {result.stopped}; {result.not_tried} were not tried. Run notify again once the "
+            "mail server takes messages: it carries on with those not yet told."
+        )
     if result.failed:
         raise click.ClickException(
-            f"{len(result.failed)} notices could not be sent and were not recorded; run notify again to retry them."
+            f"{result.failed} notices could not be sent and were not recorded; run notify again to retry them."
         )
 
 

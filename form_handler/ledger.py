@@ -22,10 +22,11 @@ from typing import Any, TypeVar
 import apsw
 
 from . import reports
+from .addresses import email_key
 from .private_files import ensure_private
 from .chain import (
     ENTRY_VERSION, FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
-    entry_hash, utc_now, walk,
+    entry_hash, utc_now,
 )
 from .ledger_types import (
     READ_UNAVAILABLE_ERRORS, UNAVAILABLE_ERRORS, ConsentDraft, Entry, InvalidToken, LedgerError, LedgerRefusal,
@@ -36,6 +37,7 @@ from .schema import (
     BUSY_TIMEOUT_MS, META_SCHEMA, SCHEMA, SCHEMA_VERSION, SQLITE_MINIMUM, check_schema_version,
     check_sqlite_version, configure, migrate, read_pragmas, user_version,
 )
+from .verify import verify as verify_ledger
 
 __all__ = [
     "Checkpoint", "ConsentDraft", "Entry", "InvalidToken", "Ledger", "LedgerError", "LedgerRefusal",
@@ -153,8 +155,10 @@ class LedgerTxn:
         }
         entry = self._append("consent", receipt_id, fields)
         self.connection.execute(
-            "INSERT INTO personal (receipt_id, salt, email, message, page) VALUES (?, ?, ?, ?, ?)",
-            (receipt_id, salt, draft.email, draft.message, draft.page),
+            # email_key: the address as compared (addresses.py), indexed to find a person's receipts (schema 4).
+            "INSERT INTO personal (receipt_id, salt, email, message, page, email_key) VALUES (?, ?, ?, ?, ?, ?)",
+            (receipt_id, salt, draft.email, draft.message, draft.page,
+             None if draft.email is None else email_key(draft.email)),
         )
         return Receipt(
             receipt_id, entry.recorded_at, draft.policy_id, draft.policy_version, draft.consent_contact,
@@ -367,23 +371,20 @@ class Ledger:
         count, head = rows[0] if rows else (0, "0" * 64)
         return Checkpoint(count=count, head=head, at=utc_now())
 
-    def verify(self, against: Checkpoint | None = None) -> VerifyReport:
-        """Walk the whole chain; report count, head, SQLite version and the first bad entry."""
-        with self._reading() as conn:
-            result = walk(conn.execute("SELECT seq, hash, canonical FROM entries ORDER BY seq"), against)
-            others = (
-                reports.first_broken_link(conn),
-                reports.first_column_mismatch(conn),
-                reports.first_commitment_mismatch(conn),
-            )
-        bad, problem = result.bad_seq, result.problem
-        for other in others:
-            if other is not None and (bad is None or other[0] < bad):
-                bad, problem = other
-        return VerifyReport(
-            ok=bad is None, count=result.count, head=result.head, sqlite_version=apsw.sqlite_lib_version(),
-            first_bad_seq=bad, problem=problem, against=against,
-        )
+    def verify(self, against: Checkpoint | None = None, *, workers: int | None = None) -> VerifyReport:
+        """Check the chain, every entry's columns and commitment; report count, head, SQLite version, first bad entry.
+
+        A large ledger is checked by `workers` processes at once (default: one per CPU; form_handler/verify.py).
+        """
+        # Its own connection, as export's: one snapshot, held for the seconds a large ledger takes.
+        conn = self._open_reader()
+        try:
+            conn.execute("BEGIN")
+            return verify_ledger(conn, self.path, against, workers=workers).report
+        except READ_UNAVAILABLE_ERRORS as e:
+            raise LedgerUnavailable(f"{self.path}: cannot read the ledger now ({e}).") from e
+        finally:
+            conn.close(True)
 
     def export(self, third_party: bool = False) -> Iterator[dict[str, Any]]:
         """Every chained entry with its personal data and status; or, for third parties, emails only."""

@@ -6,8 +6,11 @@ entry through the group-commit writer. Mail clients' one-click unsubscribe (RFC 
 List-Unsubscribe URL directly; the token is in the URL, so no body needs to be read.
 
 A forged or damaged link gets 400, an expired or already used one 410, each with a page saying so,
-and nothing is recorded. "Used" is decided from the ledger inside the writing transaction, so two
-clicks at once record once.
+and nothing is recorded. What a POST writes is decided before the write transaction, on a read
+snapshot, through indexes (the address's receipts and their entries); inside the writer's transaction
+only the entries appended since that snapshot are looked at, and if one of them touches this address
+the decision is made again there. So a link costs the same at any size of ledger, holds the write lock
+for no longer than its appends, and two clicks at once still record once.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import pages, subscribers, tokens
 from .keys import LinkKeys
-from .ledger import Ledger, LedgerError, LedgerRefusal, LedgerTxn, LedgerUnavailable
+from .ledger import Ledger, LedgerError, LedgerRefusal, LedgerTxn
 from .manifest import ManifestUnavailable
 from .tokens import LinkClaim, TokenRefused
 
@@ -101,25 +104,51 @@ def check(purpose: str, claim: LinkClaim, connection: Any) -> subscribers.Person
     return person
 
 
-def record(purpose: str, claim: LinkClaim, txn: LedgerTxn) -> int:
-    """Check again and write, inside the writer's transaction; return how many entries were added."""
-    person = check(purpose, claim, txn.connection)
+Append = tuple[str, str, dict[str, Any]]  # (kind, receipt_id, fields) for LedgerTxn.append
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a link's POST is to write, decided on one read snapshot, and what that decision read."""
+
+    appends: tuple[Append, ...]
+    seen: subscribers.Seen
+
+
+def appends(purpose: str, claim: LinkClaim, person: subscribers.Person | None) -> tuple[Append, ...]:
+    """The entries a link records, once check() let it through."""
     if purpose == "confirm":
-        txn.append("confirmation", claim.receipt_id, policy_id=claim.policy_id)
-        return 1
+        return (("confirmation", claim.receipt_id, {"policy_id": claim.policy_id}),)
     if purpose == "reconsent":
-        txn.append("reconsent", claim.receipt_id, policy_id=claim.policy_id, policy_version=claim.version)
-        return 1
+        return (("reconsent", claim.receipt_id, {"policy_id": claim.policy_id, "policy_version": claim.version}),)
     if person is None:
-        return 0
+        return ()
     if purpose == "withdraw":
-        for receipt_id in person.receipt_ids:
-            txn.append("withdrawal", receipt_id)  # no flags: every consent of the receipt
-        return len(person.receipt_ids)
-    for receipt_id in person.updates_receipt_ids:
-        # consent_updates false: this withdrawal stops the e-mails and nothing else.
-        txn.append("withdrawal", receipt_id, consent_updates=False)
-    return len(person.updates_receipt_ids)
+        # No flags: every consent of every standing receipt of the address.
+        return tuple(("withdrawal", receipt_id, {}) for receipt_id in person.receipt_ids)
+    # consent_updates false: these withdrawals stop the e-mails and nothing else.
+    return tuple(("withdrawal", receipt_id, {"consent_updates": False}) for receipt_id in person.updates_receipt_ids)
+
+
+def decide(purpose: str, claim: LinkClaim, connection: Any) -> Decision:
+    """check() and appends() on one read snapshot (a pooled read connection), with what they read."""
+    person = check(purpose, claim, connection)
+    return Decision(appends(purpose, claim, person), subscribers.seen(connection, claim.receipt_id))
+
+
+def record(purpose: str, claim: LinkClaim, txn: LedgerTxn, decided: Decision | None = None) -> int:
+    """Write inside the writer's transaction; return how many entries were added.
+
+    `decided` (from decide() before the transaction) is written as it is unless an entry appended since its
+    snapshot touches this address (changed_since: only those entries are read); then, or without it, the
+    decision is made again here, on the transaction's own view, which may raise LinkUsed."""
+    if decided is None or subscribers.changed_since(txn.connection, decided.seen):
+        todo = appends(purpose, claim, check(purpose, claim, txn.connection))
+    else:
+        todo = decided.appends
+    for kind, receipt_id, fields in todo:
+        txn.append(kind, receipt_id, **fields)
+    return len(todo)
 
 
 def _keys(request: Request, now: float) -> tuple[bytes, ...]:
@@ -183,14 +212,20 @@ async def act(request: Request) -> Response:
         claim = tokens.verify(_keys(request, now), request.query_params.get("token", ""), link.purpose, now=now)
         if link.purpose == "reconsent" and await svc.manifest.check(claim.policy_id, claim.version):
             raise LinkUsed("The version this link agrees to is no longer published; nothing was recorded.")
-        added = await svc.writer.submit(lambda txn: record(link.purpose, claim, txn))
+        # Decided on a pooled read connection, outside the write lock; a used link ends here with 410.
+        reader: Ledger = svc.reader
+        decided = await run_in_threadpool(reader.read, lambda conn: decide(link.purpose, claim, conn))
+        added = 0
+        if decided.appends:  # nothing to write (unsubscribing twice): no write transaction at all
+            added = await svc.writer.submit(lambda txn: record(link.purpose, claim, txn, decided))
     except TokenRefused as e:
         return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason,
                            note="Nothing was recorded.")
     except LinkUsed as e:
         return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e),
                            note="Nothing was recorded.")
-    except (LedgerUnavailable, ManifestUnavailable) as e:
+    except (LedgerError, ManifestUnavailable) as e:
+        # LedgerError: the ledger cannot be written, or read for the decision (unreadable, moved, replaced).
         log.error("cannot record %s: %s", link.purpose, e)
         return await _page(request, link, 503, claim=None, title="Please try again later",
                            lead="We cannot record this now; nothing was recorded. Please open the link again later.")

@@ -9,8 +9,19 @@ that are already superseded. Each change the message covered is recorded as a `n
 after the server took the message and before the next one is sent, and an address already noticed for
 the newest change is skipped: re-running sends nothing twice.
 
-The one gap is a crash (or a lost connection to the ledger) after the server took a message and
-before its notice entry was committed: that one message is sent again by the next run.
+A run takes memory independent of the number of people, in two steps:
+
+1. Plan, in one read snapshot: SQLite sorts the policy's receipts by address (on disk beyond its page
+   cache) and each person is planned as their rows arrive, then forgotten. The receipt ids of those to
+   write to go to a temporary plan file; no addresses do. The snapshot ends with the plan: a reader
+   held open while sending for hours would keep SQLite from ever restarting the WAL file.
+2. Send, person by person from that file: re-read the person's receipts and plan them again just
+   before the mail (they may have withdrawn, unsubscribed, been erased, agreed or been told meanwhile),
+   send, record, then the next; at most `rate` messages a second when asked.
+
+Resuming needs nothing but the ledger: a new run plans again and leaves out everyone already told. The
+one gap is a crash (or a lost connection to the ledger) after the server took a message and before its
+notice entry was committed: that one message is sent again by the next run.
 """
 
 from __future__ import annotations
@@ -18,11 +29,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import IO, Any
 
 import apsw
 
@@ -32,6 +45,12 @@ from .mail import ChangeNotice, MailError, SmtpSession, notice_message, smtp_ses
 from .manifest import read_source
 from .settings import Settings
 from .subscribers import Person
+
+# Seconds between two progress lines: often enough to see a run is alive, rare enough to read.
+PROGRESS_EVERY = 10.0
+# Messages failing one after another mean the mail server is down or refuses us: trying the other
+# 500,000 people, each with a connection attempt of up to 30 s, helps nobody. A new run resumes.
+MAX_FAILURES_IN_A_ROW = 20
 
 
 class NotifyError(Exception):
@@ -49,6 +68,10 @@ class PolicyHistory:
     changes: tuple[ChangeNotice, ...]
     skipped: tuple[str, ...] = ()  # material changes we could not tie to a version, for the report
 
+    @cached_property
+    def rank(self) -> dict[str, int]:
+        return {v: i for i, v in enumerate(self.versions)}
+
 
 @dataclass(frozen=True)
 class Planned:
@@ -59,10 +82,19 @@ class Planned:
 
 @dataclass
 class NotifyResult:
-    sent: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    planned: list[Planned] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # withdrew, unsubscribed, was erased or told since the plan
+    """Counts only: a run over a million people keeps no list of them."""
+
+    planned: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0  # withdrew, unsubscribed, was erased, agreed or was told since the plan
+    told_before: int = 0  # left out of the plan: already told about the newest change (an earlier run)
+    per_change: dict[str, int] = field(default_factory=dict)  # "privacy change of 2026-11-20" -> planned
+    stopped: str | None = None  # why sending stopped before the end of the plan
+
+    @property
+    def not_tried(self) -> int:
+        return self.planned - self.sent - self.failed - self.skipped
 
 
 def load_histories(data: bytes, source: str) -> list[PolicyHistory]:
@@ -101,24 +133,33 @@ def _history(p: dict[str, Any]) -> PolicyHistory:
     return PolicyHistory(str(p["id"]), str(p.get("title") or p["id"]), str(p["url"]), versions, tuple(changes), tuple(skipped))
 
 
-def plan(history: PolicyHistory, people: list[Person]) -> list[Planned]:
-    """Who gets which notice (pure): subscribed, on an older version, not yet told about the newest change."""
-    rank = {v: i for i, v in enumerate(history.versions)}
-    out = []
-    for person in people:
-        if not person.subscribed:
-            continue
-        mine = rank.get(person.latest_version)
-        if mine is None:
-            # A version the manifest does not list: fall back to dates (agreed before the change was made).
-            pending = [c for c in history.changes if person.latest_at[:10] < c.date]
-        else:
-            pending = [c for c in history.changes if rank[c.version] > mine]
-        if not pending or pending[0].version in person.noticed:
-            continue
-        earlier = tuple(c for c in pending[1:] if c.version not in person.noticed)
-        out.append(Planned(person, pending[0], earlier))
-    return out
+def _pending(history: PolicyHistory, person: Person) -> list[ChangeNotice]:
+    # The material changes newer than the person's latest agreement, newest first.
+    mine = history.rank.get(person.latest_version)
+    if mine is None:
+        # A version the manifest does not list: fall back to dates (agreed before the change was made).
+        return [c for c in history.changes if person.latest_at[:10] < c.date]
+    return [c for c in history.changes if history.rank[c.version] > mine]
+
+
+def plan_person(history: PolicyHistory, person: Person) -> Planned | None:
+    """Which notice a person gets (pure): subscribed, on an older version, not yet told about the newest change."""
+    if not person.subscribed:
+        return None
+    pending = _pending(history, person)
+    if not pending or pending[0].version in person.noticed:
+        return None
+    earlier = tuple(c for c in pending[1:] if c.version not in person.noticed)
+    return Planned(person, pending[0], earlier)
+
+
+def _told_before(history: PolicyHistory, person: Person) -> bool:
+    pending = _pending(history, person) if person.subscribed else []
+    return bool(pending) and pending[0].version in person.noticed
+
+
+def _label(notice: ChangeNotice) -> str:
+    return f"{notice.policy_id} change of {notice.date}"
 
 
 def _links(key: bytes, settings: Settings, p: Planned, now: float) -> dict[str, str]:
@@ -143,13 +184,95 @@ def _record(ledger: Ledger, p: Planned) -> None:
             )
 
 
-def find_planned(ledger: Ledger, histories: list[PolicyHistory]) -> list[Planned]:
-    conn = ledger.connection
-    conn.execute("BEGIN")  # one snapshot for the whole plan
+class _Progress:
+    """A line every `every` seconds: enough for an operator to see the run is alive and when it ends."""
+
+    def __init__(self, result: NotifyResult, echo: Callable[[str], None], every: float) -> None:
+        self.result, self.echo, self.every = result, echo, every
+        self.people = 0  # confirmed addresses read while planning
+        self.started = self._last = time.monotonic()
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        self._last = now
+        return True
+
+    def planning(self) -> None:
+        if self._due():
+            self.echo(f"planning: {self.people:,} confirmed addresses read, {self.result.planned:,} to notify so far")
+
+    def planned(self, rate: float | None) -> None:
+        r = self.result
+        self.echo(f"planned {r.planned:,} notices in {_duration(time.monotonic() - self.started)}; "
+                  f"{r.told_before:,} people were told in an earlier run")
+        for label, n in r.per_change.items():
+            self.echo(f"  {label}: {n:,}")
+        if r.planned and rate:
+            self.echo(f"at most {rate:g} messages per second: sending takes {_duration(r.planned / rate)} or more")
+        self.started = self._last = time.monotonic()
+
+    def sending(self, *, final: bool = False) -> None:
+        if not (final or self._due()):
+            return
+        r = self.result
+        done = r.sent + r.failed + r.skipped
+        elapsed = time.monotonic() - self.started
+        counts = f"{r.sent:,} sent, {r.skipped:,} skipped, {r.failed:,} failed"
+        if final:
+            self.echo(f"finished {done:,} of {r.planned:,} in {_duration(elapsed)}: {counts}")
+            return
+        speed = done / elapsed if elapsed > 0 else 0.0
+        left = f", about {_duration((r.planned - done) / speed)} left" if speed else ""
+        self.echo(f"progress: {done:,} of {r.planned:,} done ({counts}), {speed:.1f}/s{left}")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class _Pace:
+    """At most `rate` messages a second: each attempt starts 1/rate s or more after the one before."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+
+    def wait(self) -> None:
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def started(self) -> None:
+        # From this attempt's start, not from a schedule: after a slow reply we do not burst to catch up.
+        self._next = time.monotonic() + self._interval
+
+
+def _plan(conn: apsw.Connection, histories: list[PolicyHistory], result: NotifyResult,
+          progress: _Progress) -> Generator[tuple[int, Planned], None, None]:
+    # One snapshot for the whole plan, on a connection nothing else uses meanwhile.
+    conn.execute("BEGIN")
     try:
-        return [p for h in histories for p in plan(h, subscribers.people(conn, h.id))]
+        for index, history in enumerate(histories):
+            for person in subscribers.each_person(conn, history.id):
+                progress.people += 1
+                progress.planning()
+                p = plan_person(history, person)
+                if p is None:
+                    result.told_before += _told_before(history, person)
+                    continue
+                result.planned += 1
+                result.per_change[_label(p.notice)] = result.per_change.get(_label(p.notice), 0) + 1
+                yield index, p
     finally:
-        conn.execute("COMMIT")
+        if conn.in_transaction:
+            conn.execute("COMMIT")
 
 
 def run(
@@ -158,46 +281,81 @@ def run(
     manifest: str,
     *,
     dry_run: bool = False,
+    rate: float | None = None,
+    verbose: bool = False,
     echo: Callable[[str], None] = print,
+    progress_every: float = PROGRESS_EVERY,
 ) -> NotifyResult:
-    """Send the notices (or, with dry_run, only list them). Raises NotifyError when it cannot go on."""
+    """Send the notices (or, with dry_run, only count them), at most `rate` a second when given.
+
+    `echo` gets a progress line every `progress_every` seconds and one line per failure; with `verbose`,
+    one line per person too. Raises NotifyError when it cannot go on."""
+    if rate is not None and not rate > 0:
+        raise NotifyError(f"The rate must be more than 0 messages per second, got {rate}.")
     histories = load_histories(read_source(manifest, timeout=10), manifest)
     for h in histories:
         for date in h.skipped:
             echo(f"warning: {h.id} change of {date} names no version the manifest lists; nobody is told about it.")
+    result = NotifyResult()
+    progress = _Progress(result, echo, progress_every)
     if dry_run:
-        result = NotifyResult(planned=find_planned(ledger, histories))
-        for p in result.planned:
-            echo(f"would notify {p.person.email}: {p.notice.policy_id} change of {p.notice.date}")
+        with closing(_plan(ledger.connection, histories, result, progress)) as planned:
+            for _, p in planned:
+                if verbose:
+                    echo(f"would notify {p.person.email}: {_label(p.notice)}")
+        progress.planned(rate)
         return result
-    with run_lock(ledger.connection):
-        return _send(ledger, settings, NotifyResult(planned=find_planned(ledger, histories)), echo)
-
-
-def _send(ledger: Ledger, settings: Settings, result: NotifyResult, echo: Callable[[str], None]) -> NotifyResult:
-    if not result.planned:
-        return result
-    key = keys.load(settings).signing
-    with _Connections(settings) as smtp:
-        for p in result.planned:
-            # The plan is one snapshot and sending takes minutes: re-read this person's standing first.
-            now = subscribers.current(ledger.connection, p.person)
-            if now is None or not now.subscribed or p.notice.version in now.noticed:
-                result.skipped.append(p.person.email)
-                echo(f"skipped {p.person.email}: no longer subscribed, or already told")
-                continue
-            msg = notice_message(settings, to=p.person.email, notice=p.notice, earlier=p.earlier, **_links(key, settings, p, time.time()))
-            try:
-                smtp.session().send(msg)
-            except MailError as e:
-                smtp.reset()
-                result.failed.append(p.person.email)
-                echo(f"failed {p.person.email}: {e}")
-                continue
-            _record(ledger, p)  # LedgerUnavailable stops the run: never send what we cannot record
-            result.sent.append(p.person.email)
-            echo(f"sent {p.person.email}: {p.notice.policy_id} change of {p.notice.date}")
+    # The plan file holds one line per person to write to: a policy's index and receipt ids (no address).
+    with run_lock(ledger.connection), tempfile.TemporaryFile("w+", encoding="utf-8") as plan_file:
+        with closing(_plan(ledger.connection, histories, result, progress)) as planned:
+            for index, p in planned:
+                plan_file.write(json.dumps([index, p.person.receipt_ids]) + "\n")
+        progress.planned(rate)
+        if result.planned:
+            plan_file.seek(0)
+            _send(ledger, settings, histories, plan_file, result, _Pace(rate), verbose, echo, progress)
+            progress.sending(final=True)
     return result
+
+
+def _send(ledger: Ledger, settings: Settings, histories: list[PolicyHistory], plan_file: IO[str], result: NotifyResult,
+          pace: _Pace, verbose: bool, echo: Callable[[str], None], progress: _Progress) -> None:
+    key = keys.load(settings).signing
+    in_a_row = 0
+    with _Connections(settings) as smtp:
+        for line in plan_file:
+            index, receipt_ids = json.loads(line)
+            history = histories[index]
+            pace.wait()
+            # The plan is one snapshot and sending takes hours: re-read this person, and plan them again, first.
+            now = subscribers.of_receipts(ledger.connection, history.id, tuple(receipt_ids))
+            p = None if now is None else plan_person(history, now)
+            if p is None:
+                result.skipped += 1
+                if verbose:
+                    who = now.email if now is not None else f"receipt {receipt_ids[0]}"
+                    echo(f"skipped {who}: withdrew, stopped e-mails, was erased, agreed or was told since the plan")
+            else:
+                pace.started()
+                try:
+                    msg = notice_message(settings, to=p.person.email, notice=p.notice, earlier=p.earlier,
+                                         **_links(key, settings, p, time.time()))
+                    smtp.session().send(msg)
+                except MailError as e:
+                    smtp.reset()
+                    result.failed += 1
+                    in_a_row += 1
+                    echo(f"failed {p.person.email}: {e}")
+                    if in_a_row >= MAX_FAILURES_IN_A_ROW:
+                        result.stopped = f"{in_a_row} messages in a row failed (the last: {str(e).rstrip('.')})"
+                        return
+                else:
+                    _record(ledger, p)  # LedgerUnavailable stops the run: never send what we cannot record
+                    result.sent += 1
+                    in_a_row = 0
+                    if verbose:
+                        echo(f"sent {p.person.email}: {_label(p.notice)}")
+            progress.sending()
 
 
 @contextmanager

@@ -25,15 +25,25 @@ EXPORT_FIELDS = (
 )
 _COLUMNS = ("seq", "kind", "receipt_id", "recorded_at", *TEXT_COLUMNS, *FLAG_COLUMNS)
 _PATHS = ", ".join(f"'$.{c}'" for c in _COLUMNS)
-_FLAGS_AS_JSON = ", ".join(f"CASE {c} WHEN 1 THEN json('true') WHEN 0 THEN json('false') ELSE {c} END" for c in FLAG_COLUMNS)
-# One JSON parse per row in C: the columns, as a JSON array, must equal the same keys of the canonical bytes.
-_MISMATCH_SQL = f"""
-SELECT seq FROM entries WHERE CASE WHEN json_valid(CAST(canonical AS TEXT))
-  THEN json_extract(CAST(canonical AS TEXT), {_PATHS})
-       IS NOT json_array(seq, kind, receipt_id, recorded_at, {", ".join(TEXT_COLUMNS)}, {_FLAGS_AS_JSON})
-  ELSE 1 END
-ORDER BY seq LIMIT 1
-"""
+
+
+def columns_differ_sql(alias: str = "") -> str:
+    """SQL that is true when a row's queryable columns disagree with its canonical bytes (or they are not JSON).
+
+    One JSON parse per row in C: the columns, as a JSON array, must equal the same keys of the canonical bytes.
+    `alias` ("e.") qualifies the columns where the query joins another table.
+    """
+    canonical = f"CAST({alias}canonical AS TEXT)"
+    flags = ", ".join(f"CASE {alias}{c} WHEN 1 THEN json('true') WHEN 0 THEN json('false') ELSE {alias}{c} END"
+                      for c in FLAG_COLUMNS)
+    columns = ", ".join(f"{alias}{c}" for c in ("seq", "kind", "receipt_id", "recorded_at", *TEXT_COLUMNS))
+    # A BLOB is never what a JSON key holds (and json_array would read one as JSONB, or refuse it): it differs.
+    blob = " OR ".join(f"{alias}{c} >= x''" for c in _COLUMNS)
+    return (f"CASE WHEN {blob} THEN 1 WHEN json_valid({canonical}) THEN json_extract({canonical}, {_PATHS})"
+            f" IS NOT json_array({columns}, {flags}) ELSE 1 END")
+
+
+_MISMATCH_SQL = f"SELECT seq FROM entries WHERE {columns_differ_sql()} ORDER BY seq LIMIT 1"
 
 
 def first_broken_link(conn: apsw.Connection) -> tuple[int, str] | None:
@@ -44,7 +54,11 @@ def first_broken_link(conn: apsw.Connection) -> tuple[int, str] | None:
     ).fetchall()
     if not found:
         return None
-    return found[0][0], f"entry #{found[0][0]} does not link to the hash of entry #{found[0][0] - 1}"
+    return found[0][0], link_problem(found[0][0])
+
+
+def link_problem(seq: int) -> str:
+    return f"entry #{seq} does not link to the hash of entry #{seq - 1}"
 
 
 def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
@@ -53,18 +67,23 @@ def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
     if not found:
         return None
     seq: int = found[0][0]
+    return seq, column_problem(conn, seq)
+
+
+def column_problem(conn: apsw.Connection, seq: int) -> str:
+    """Which column of entry `seq` (one whose columns disagree with its canonical bytes) is wrong, as a sentence."""
     row: Any = conn.execute(f"SELECT canonical, {', '.join(_COLUMNS)} FROM entries WHERE seq = ?", (seq,)).fetchall()[0]
     try:
         entry = json.loads(row[0])
     except ValueError:
-        return seq, f"entry #{seq} is not valid JSON"
+        return f"entry #{seq} is not valid JSON"
     for name, value in zip(_COLUMNS, row[1:]):
-        expected = entry.get(name)
+        expected = entry.get(name) if isinstance(entry, dict) else None
         if name in FLAG_COLUMNS and isinstance(expected, bool):
             expected = int(expected)
         if value != expected or type(value) is not type(expected):
-            return seq, f"entry #{seq}: column {name} does not match the chained entry"
-    return seq, f"entry #{seq}: columns do not match the chained entry"
+            return f"entry #{seq}: column {name} does not match the chained entry"
+    return f"entry #{seq}: columns do not match the chained entry"
 
 
 def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
@@ -78,15 +97,28 @@ def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
     )
     first: int | None = None
     for seq, expected, salt, email, message, page, v in rows:
-        v = v if isinstance(v, int) else 1
-        # A v1 consent chains its page: a page beside its personal data is covered by nothing, so it is wrong.
-        wrong = (v < 2 and page is not None) or not hmac.compare_digest(
-            str(expected), commitment(bytes(salt), email, message, page, v=v))
-        if wrong:
+        if commitment_wrong(expected, salt, email, message, page, v):
             first = seq if first is None else min(first, seq)
     if first is None:
         return None
-    return first, f"entry #{first}: email, message or page do not match the entry's commitment"
+    return first, commitment_problem(first)
+
+
+def commitment_wrong(expected: object, salt: object, email: object, message: object, page: object, v: object) -> bool:
+    """Whether a consent's stored personal data fails its commitment; `v` is the entry's "v" as json_extract gives it."""
+    version = v if isinstance(v, int) else 1
+    # A v1 consent chains its page: a page beside its personal data is covered by nothing, so it is wrong.
+    if version < 2 and page is not None:
+        return True
+    if not (isinstance(salt, bytes) and isinstance(message, str) and isinstance(email, str | None)
+            and isinstance(page, str | None)):
+        return True  # values of another type (a tampered column) commit to nothing
+    computed = commitment(salt, email, message, page, v=version).encode()
+    return not hmac.compare_digest(str(expected).encode("utf-8", "surrogatepass"), computed)
+
+
+def commitment_problem(seq: int) -> str:
+    return f"entry #{seq}: email, message or page do not match the entry's commitment"
 
 
 def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
@@ -144,7 +176,41 @@ def _suppress(n: int | None) -> int | None:
 
 
 def stats(conn: apsw.Connection) -> dict[str, Any]:
-    """Aggregate counts of standing consents; any count below MIN_COUNT is null or left out."""
+    """Aggregate counts of standing consents; any count below MIN_COUNT is null or left out.
+
+    Read from the counters that the ledger's triggers keep with every append (schema 5), so the cost does
+    not grow with the ledger; recount_stats() counts the same from every receipt."""
+    totals: Any = conn.execute(
+        "SELECT submissions, withdrawn, erased, standing, contact, updates, third_parties FROM stats_totals"
+    ).fetchall()[0]
+    per_day = {d: n for d, n in conn.execute("SELECT day, n FROM stats_days WHERE n >= ? ORDER BY day", (MIN_COUNT,))}
+    per_version: dict[str, dict[str, int]] = {}
+    # Grouped: a NULL version has rows of its own (it never conflicts in the unique index).
+    for pid, version, n in conn.execute(
+        "SELECT policy_id, policy_version, sum(n) FROM stats_versions GROUP BY 1, 2 HAVING sum(n) >= ? ORDER BY 1, 2",
+        (MIN_COUNT,),
+    ):
+        per_version.setdefault(pid, {})[version] = n
+    return _stats_shape(totals[:3], totals[3:], per_day, per_version)
+
+
+def _stats_shape(totals: Any, sums: Any, per_day: dict[str, int], per_version: dict[str, dict[str, int]]) -> dict[str, Any]:
+    return {
+        "min_count": MIN_COUNT,
+        "submissions": _suppress(totals[0]),
+        "withdrawn": _suppress(totals[1]),
+        "erased": _suppress(totals[2]),
+        "standing": _suppress(sums[0]),
+        "per_consent": {"contact": _suppress(sums[1]), "updates": _suppress(sums[2]), "third_parties": _suppress(sums[3])},
+        "per_day": per_day,
+        "per_policy_version": per_version,
+    }
+
+
+def recount_stats(conn: apsw.Connection) -> dict[str, Any]:
+    """stats() counted afresh from every receipt (the receipts view): the reference the counters must equal.
+
+    It reads the whole ledger (seconds at a million entries); stats() is what requests use."""
     standing = "FROM receipts WHERE NOT withdrawn AND NOT erased"
     per_day = {d: n for d, n in conn.execute(f"SELECT substr(recorded_at, 1, 10), count(*) {standing} GROUP BY 1 ORDER BY 1") if n >= MIN_COUNT}
     per_version: dict[str, dict[str, int]] = {}
@@ -157,13 +223,4 @@ def stats(conn: apsw.Connection) -> dict[str, Any]:
         f" sum(consent_third_parties) {standing}"
     ).fetchall()[0]
     totals: Any = conn.execute("SELECT count(*), sum(withdrawn), sum(erased) FROM receipts").fetchall()[0]
-    return {
-        "min_count": MIN_COUNT,
-        "submissions": _suppress(totals[0]),
-        "withdrawn": _suppress(totals[1]),
-        "erased": _suppress(totals[2]),
-        "standing": _suppress(sums[0]),
-        "per_consent": {"contact": _suppress(sums[1]), "updates": _suppress(sums[2]), "third_parties": _suppress(sums[3])},
-        "per_day": per_day,
-        "per_policy_version": per_version,
-    }
+    return _stats_shape(totals, sums, per_day, per_version)

@@ -9,6 +9,7 @@ from typing import Any
 
 import apsw
 
+from .addresses import email_key
 from .ledger_types import LedgerError
 
 # Older SQLite has the WAL-reset bug that can corrupt a database written by several processes.
@@ -91,6 +92,121 @@ FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
 WHERE c.kind = 'consent';
 """
 
+# Schema 4: a person (an address) and their receipts are found through an index, not by reading every receipt
+# of a policy. `email_key` is the address as addresses.email_key compares it (space stripped, case folded);
+# SQLite's lower() folds ASCII only, so the rows already there are filled by that Python function, which
+# migrate() registers on its connection as email_key(). New rows get it from LedgerTxn.append_consent; the
+# trigger refuses a row without it, so a program older than this schema cannot add an address no index finds.
+_SCHEMA_4 = """
+ALTER TABLE personal ADD COLUMN email_key TEXT;
+UPDATE personal SET email_key = email_key(email) WHERE email IS NOT NULL;
+CREATE INDEX personal_email_key ON personal (email_key, receipt_id) WHERE email_key IS NOT NULL;
+CREATE TRIGGER personal_email_key_required BEFORE INSERT ON personal
+WHEN NEW.email IS NOT NULL AND NEW.email_key IS NULL
+BEGIN SELECT RAISE(ABORT, 'personal.email_key must be set with the e-mail address (ledger schema 4); upgrade policy-site'); END;
+"""
+
+# Schema 5: the anonymous statistics are counters, kept by triggers in the transaction of every append, so
+# /api/stats reads a few rows instead of every receipt. They hold, at every commit, exactly what
+# reports.recount_stats counts from the receipts view: an entry changes only its own receipt's row there,
+# so each trigger moves the counters by that row's change. Triggers rather than code in LedgerTxn._append:
+# they run for any INSERT into entries (a batched multi-row writer included) inside its statement, and in C.
+# A receipt is "standing" while neither withdrawn (a withdrawal without flags) nor erased. The fragments below
+# are part of migration 5 as released: never change them (a later step that needs others writes its own).
+# Each looks only at the entries of NEW's receipt before NEW, through the entries_receipt index.
+_W0 = ("EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = NEW.receipt_id AND w.kind = 'withdrawal'"
+       " AND w.consent_updates IS NULL AND w.seq < NEW.seq)")
+_E0 = "EXISTS (SELECT 1 FROM entries x WHERE x.receipt_id = NEW.receipt_id AND x.kind = 'erasure' AND x.seq < NEW.seq)"
+_S0 = ("EXISTS (SELECT 1 FROM entries u WHERE u.receipt_id = NEW.receipt_id AND u.kind = 'withdrawal'"
+       " AND u.consent_updates IS NOT NULL AND u.seq < NEW.seq)")
+# The version last agreed to (max(seq) rather than ORDER BY ... LIMIT 1, which sorts in a temporary b-tree).
+_V0 = ("(SELECT v.policy_version FROM entries v WHERE v.seq = (SELECT max(m.seq) FROM entries m"
+       " WHERE m.receipt_id = NEW.receipt_id AND m.kind IN ('consent', 'reconsent') AND m.seq < NEW.seq))")
+_CONSENT = "entries c WHERE c.receipt_id = NEW.receipt_id AND c.kind = 'consent'"
+
+
+def _leaves_standing(unless: str) -> str:
+    # The receipt stops counting as standing (it was, unless `unless` held already): take its share back.
+    return f"""
+  UPDATE stats_totals SET standing = standing - 1,
+    contact = contact - (SELECT coalesce(c.consent_contact, 0) FROM {_CONSENT}),
+    updates = updates - (SELECT coalesce(c.consent_updates <> 0 AND NOT {_S0}, 0) FROM {_CONSENT}),
+    third_parties = third_parties - (SELECT coalesce(c.consent_third_parties, 0) FROM {_CONSENT})
+  WHERE NOT {unless};
+  INSERT INTO stats_days (day, n) SELECT substr(c.recorded_at, 1, 10), -1 FROM {_CONSENT} AND NOT {unless}
+  ON CONFLICT (day) DO UPDATE SET n = n + excluded.n;
+  INSERT INTO stats_versions (policy_id, policy_version, n) SELECT c.policy_id, {_V0}, -1 FROM {_CONSENT}
+  AND NOT {unless} ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + excluded.n;"""
+
+
+_SCHEMA_5 = f"""
+-- One row: submissions, withdrawn and erased count every receipt; the rest count standing receipts only.
+CREATE TABLE stats_totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    submissions INTEGER NOT NULL, withdrawn INTEGER NOT NULL, erased INTEGER NOT NULL, standing INTEGER NOT NULL,
+    contact INTEGER NOT NULL, updates INTEGER NOT NULL, third_parties INTEGER NOT NULL
+);
+-- Standing receipts by the day of their consent, and by policy and the version last agreed to.
+CREATE TABLE stats_days (day TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+-- A NULL version (a reconsent naming none) never conflicts, so it gets rows of its own; reads sum per key.
+CREATE TABLE stats_versions (policy_id TEXT, policy_version TEXT, n INTEGER NOT NULL);
+CREATE UNIQUE INDEX stats_versions_key ON stats_versions (policy_id, policy_version);
+
+-- Built once from the ledger as it is, with the definitions of the receipts view.
+INSERT INTO stats_totals
+SELECT 1, count(*), coalesce(sum(withdrawn), 0), coalesce(sum(erased), 0),
+       coalesce(sum(NOT withdrawn AND NOT erased), 0),
+       coalesce(sum(CASE WHEN NOT withdrawn AND NOT erased THEN consent_contact END), 0),
+       coalesce(sum(CASE WHEN NOT withdrawn AND NOT erased THEN consent_updates <> 0 AND NOT updates_stopped END), 0),
+       coalesce(sum(CASE WHEN NOT withdrawn AND NOT erased THEN consent_third_parties END), 0)
+FROM receipts;
+INSERT INTO stats_days (day, n)
+SELECT substr(recorded_at, 1, 10), count(*) FROM receipts WHERE NOT withdrawn AND NOT erased GROUP BY 1;
+INSERT INTO stats_versions (policy_id, policy_version, n)
+SELECT policy_id, policy_version, count(*) FROM receipts WHERE NOT withdrawn AND NOT erased GROUP BY 1, 2;
+
+-- A consent starts a standing receipt (append() takes no other entry for a receipt without one).
+CREATE TRIGGER stats_consent AFTER INSERT ON entries WHEN NEW.kind = 'consent'
+BEGIN
+  UPDATE stats_totals SET submissions = submissions + 1, standing = standing + 1,
+    contact = contact + coalesce(NEW.consent_contact, 0), updates = updates + coalesce(NEW.consent_updates <> 0, 0),
+    third_parties = third_parties + coalesce(NEW.consent_third_parties, 0);
+  INSERT INTO stats_days (day, n) VALUES (substr(NEW.recorded_at, 1, 10), 1)
+  ON CONFLICT (day) DO UPDATE SET n = n + 1;
+  INSERT INTO stats_versions (policy_id, policy_version, n) VALUES (NEW.policy_id, NEW.policy_version, 1)
+  ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + 1;
+END;
+-- A reconsent moves a standing receipt from the version it last agreed to to the new one.
+CREATE TRIGGER stats_reconsent AFTER INSERT ON entries
+WHEN NEW.kind = 'reconsent' AND NOT {_W0} AND NOT {_E0}
+BEGIN
+  INSERT INTO stats_versions (policy_id, policy_version, n) SELECT c.policy_id, {_V0}, -1 FROM {_CONSENT}
+  ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + excluded.n;
+  INSERT INTO stats_versions (policy_id, policy_version, n) SELECT c.policy_id, NEW.policy_version, 1 FROM {_CONSENT}
+  ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + excluded.n;
+END;
+-- The first withdrawal without flags withdraws the receipt; a later one changes nothing.
+CREATE TRIGGER stats_withdrawal AFTER INSERT ON entries
+WHEN NEW.kind = 'withdrawal' AND NEW.consent_updates IS NULL AND NOT {_W0} AND EXISTS (SELECT 1 FROM {_CONSENT})
+BEGIN
+  UPDATE stats_totals SET withdrawn = withdrawn + 1;{_leaves_standing(_E0)}
+END;
+-- The first erasure erases the receipt.
+CREATE TRIGGER stats_erasure AFTER INSERT ON entries
+WHEN NEW.kind = 'erasure' AND NOT {_E0} AND EXISTS (SELECT 1 FROM {_CONSENT})
+BEGIN
+  UPDATE stats_totals SET erased = erased + 1;{_leaves_standing(_W0)}
+END;
+-- The first e-mail unsubscribe (a withdrawal naming consent_updates) of a standing receipt that asked for
+-- updates: it no longer counts as wanting them.
+CREATE TRIGGER stats_updates_stopped AFTER INSERT ON entries
+WHEN NEW.kind = 'withdrawal' AND NEW.consent_updates IS NOT NULL AND NOT {_S0} AND NOT {_W0} AND NOT {_E0}
+  AND EXISTS (SELECT 1 FROM {_CONSENT} AND c.consent_updates <> 0)
+BEGIN
+  UPDATE stats_totals SET updates = updates - 1;
+END;
+"""
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -106,6 +222,8 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "entries, personal data and the receipts view", _SCHEMA_2),
     Migration(3, "a consent's page moves to the erasable personal data (entry format v2)", _SCHEMA_3),
+    Migration(4, "an index of personal data by address (email_key)", _SCHEMA_4),
+    Migration(5, "statistics kept as counters by triggers", _SCHEMA_5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # The whole schema of a new ledger, for reading (tests, documentation); migrate() is what applies it.
@@ -113,6 +231,12 @@ SCHEMA = "".join(m.sql for m in MIGRATIONS)
 # Name/value rows beside the chain (not chained, nothing personal): the e-mail link key (tokens.py) and
 # the notify run lock (notify.py). Each creates the table when it first needs it; this is its one definition.
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def _email_key_or_none(*args: Any) -> str | None:
+    # email_key(email) in SQL; apsw's callback type takes any number of SQL values.
+    (email,) = args
+    return email_key(email) if isinstance(email, str) else None
 
 
 def user_version(conn: apsw.Connection) -> int:
@@ -135,6 +259,8 @@ def migrate(conn: apsw.Connection, path: Path) -> int:
     The version is read again after BEGIN IMMEDIATE: another process may have migrated the file meanwhile,
     and then nothing is applied. A failure rolls everything back, so a ledger is never half-migrated.
     """
+    # Schema 4 fills personal.email_key with the one rule for comparing addresses (Python's casefold).
+    conn.create_scalar_function("email_key", _email_key_or_none, 1, deterministic=True)
     conn.execute("BEGIN IMMEDIATE")
     try:
         before = user_version(conn)

@@ -17,7 +17,7 @@ from mailserver import MailServer, body, free_port
 from service_client import service_client
 from starlette.testclient import TestClient
 
-from form_handler import keys, notify, outbox, tokens
+from form_handler import keys, mail_routes, notify, outbox, tokens
 from form_handler.ledger import Ledger
 from form_handler.settings import Settings
 
@@ -199,10 +199,10 @@ def test_notice_links_work_end_to_end(client: TestClient, settings: Settings, sm
     receipt_id = subscribe(client)
     assert client.post(path_of(link_in(smtp.wait_for(1)[0], "/api/confirm"))).status_code == 200
     with Ledger(settings.ledger_path) as led:
-        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == ["ann@example.com"]
+        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == 1
     assert client.post(path_of(link_in(smtp.wait_for(2)[1], "/api/reconsent"))).status_code == 200
     with Ledger(settings.ledger_path) as led:
-        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == []
+        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == 0
     assert [k for k, _ in kinds(settings)] == ["consent", "confirmation", "notice", "reconsent"] and receipt_id
 
 
@@ -221,3 +221,23 @@ def test_link_pages_answer_503_while_the_ledger_file_is_not_a_database(
     assert client.get("/api/stats").status_code == 503
     os.replace(aside, settings.ledger_path)  # back: a failed connection was not kept, the next read opens anew
     assert client.get(link("confirm", receipt_id, V1)).status_code == 200
+
+
+def test_two_posts_decided_on_one_snapshot_record_once(client: TestClient, settings: Settings) -> None:
+    # Each POST decides before the write transaction; inside it, the second sees the first's entries and decides again.
+    receipt_id = subscribe(client, confirm=True)
+    subscribe(client, "ANN@example.com", confirm=True)
+    claims = {p: tokens.verify(KEY, link(p, receipt_id).split("token=")[1], p, now=time.time())
+              for p in ("unsubscribe", "withdraw")}
+    with Ledger(settings.ledger_path) as led:
+        for purpose, claim in claims.items():
+            first, second = (led.read(lambda conn: mail_routes.decide(purpose, claim, conn)) for _ in range(2))
+            with led.transaction() as txn:
+                assert mail_routes.record(purpose, claim, txn, first) == 2
+            with led.transaction() as txn:
+                if purpose == "unsubscribe":
+                    assert mail_routes.record(purpose, claim, txn, second) == 0  # stopping twice: nothing more
+                else:
+                    with pytest.raises(mail_routes.LinkUsed):
+                        mail_routes.record(purpose, claim, txn, second)
+    assert kinds(settings)[-4:] == [("withdrawal", 0)] * 2 + [("withdrawal", None)] * 2

@@ -112,7 +112,7 @@ def test_an_unconfirmed_submission_of_her_address_does_not_stop_her_change_notic
     # Someone else sends her address with the current version (V2): before, she then counted as told.
     client.post("/api/feedback", json={**FORM, "policy_version": V2, "email": "ann@example.com", "consent_contact": True})
     with Ledger(settings.ledger_path) as led:
-        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == ["ann@example.com"]
+        assert notify.run(led, settings, settings.manifest, echo=lambda s: None).sent == 1
     notice = smtp.wait_for(2)[1]
     assert notice["To"] == "ann@example.com" and "changes on 2026-12-20" in notice["Subject"]
 

@@ -9,6 +9,7 @@ import apsw
 import pytest
 from ledger_helpers import draft, make_read_only, make_writable
 
+from form_handler import reports, subscribers
 from form_handler.ledger import Ledger, LedgerError
 from form_handler.schema import MIGRATIONS, SCHEMA_VERSION, user_version
 
@@ -37,7 +38,7 @@ def test_fixture_is_a_schema_2_ledger(old: Path) -> None:
 
 def test_schema_2_ledger_migrates_in_place_and_still_verifies(old: Path) -> None:
     with Ledger(old) as led:
-        assert user_version(led.connection) == SCHEMA_VERSION == MIGRATIONS[-1].version == 3
+        assert user_version(led.connection) == SCHEMA_VERSION == MIGRATIONS[-1].version == 5
         assert "page" in columns(led.connection, "personal")
         report = led.verify()
         rows = list(led.export())
@@ -61,8 +62,8 @@ def test_migrated_ledger_takes_v2_consents_beside_v1_ones(old: Path) -> None:
 
 def test_migration_runs_once(old: Path) -> None:
     Ledger(old).close()
-    with Ledger(old) as led:  # a second open finds schema 3 and applies nothing (ADD COLUMN twice would fail)
-        assert user_version(led.connection) == 3 and columns(led.connection, "personal").count("page") == 1
+    with Ledger(old) as led:  # a second open finds schema 5 and applies nothing (ADD COLUMN twice would fail)
+        assert user_version(led.connection) == 5 and columns(led.connection, "personal").count("page") == 1
 
 
 def test_failed_migration_leaves_the_ledger_as_it_was(old: Path) -> None:
@@ -79,13 +80,13 @@ def test_failed_migration_leaves_the_ledger_as_it_was(old: Path) -> None:
 
 def test_reader_of_a_schema_2_ledger_has_it_migrated_by_a_writer_first(old: Path) -> None:
     with Ledger(old, readonly=True) as reader:
-        assert reader.verify().ok and user_version(reader.connection) == 3
+        assert reader.verify().ok and user_version(reader.connection) == SCHEMA_VERSION
 
 
 def test_reader_of_a_schema_2_ledger_it_cannot_write_says_what_to_do(old: Path) -> None:
     make_read_only(old)
     try:
-        with pytest.raises(LedgerError, match="must be migrated to schema 3"):
+        with pytest.raises(LedgerError, match=f"must be migrated to schema {SCHEMA_VERSION}"):
             Ledger(old, readonly=True)
     finally:
         make_writable(old)
@@ -93,4 +94,31 @@ def test_reader_of_a_schema_2_ledger_it_cannot_write_says_what_to_do(old: Path) 
 
 def test_new_ledger_gets_every_migration(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.sqlite3") as led:
-        assert user_version(led.connection) == 3 and "page" in columns(led.connection, "personal")
+        assert user_version(led.connection) == SCHEMA_VERSION and "page" in columns(led.connection, "personal")
+
+
+def test_migration_fills_email_key_as_addresses_are_compared(old: Path) -> None:
+    conn = apsw.Connection(str(old))  # bob, spelled so that SQLite's lower() (ASCII only) would not fold it
+    conn.execute("UPDATE personal SET email = ' BOB.STRAẞE@Example.ORG' WHERE email = 'bob@example.org'")
+    conn.close()
+    with Ledger(old) as led:
+        rows = led.connection.execute("SELECT email_key FROM personal WHERE email IS NOT NULL").fetchall()
+        (bob,) = subscribers.receipts_of_address(led.connection, "privacy", "bob.strasse@example.org")
+        person = subscribers.person_of(led.connection, bob)
+    assert rows == [("bob.strasse@example.org",)]
+    assert person is not None and person.latest_version == "2" * 64  # his reconsent, found by the index
+
+
+def test_migration_counts_the_statistics_of_the_ledger_as_it_is(old: Path) -> None:
+    # ann erased, bob standing with updates (reconsented to version 2), cy (no address, third parties) withdrawn.
+    with Ledger(old) as led:
+        conn = led.connection
+        totals = conn.execute("SELECT submissions, withdrawn, erased, standing, contact, updates, third_parties"
+                              " FROM stats_totals").fetchall()
+        versions = conn.execute("SELECT policy_id, policy_version, n FROM stats_versions").fetchall()
+        days = conn.execute("SELECT sum(n) FROM stats_days").fetchall()
+        for i in range(5):
+            led.append_consent(draft(email=f"p{i}@example.org"))
+        stats, recount = led.stats(), led.read(reports.recount_stats)
+    assert totals == [(3, 1, 1, 1, 1, 1, 0)] and versions == [("privacy", "2" * 64, 1)] and days == [(1,)]
+    assert stats == recount and stats["standing"] == 6

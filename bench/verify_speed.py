@@ -1,0 +1,203 @@
+"""`ledger verify` against the hash limit: full verify beside raw chained sha256 over the same bytes, in one run.
+
+    .venv/bin/python -m bench.verify_speed                           # 100k and 1M entries, 5 runs each
+    .venv/bin/python -m bench.verify_speed --sizes 100000 --runs 7
+    .venv/bin/python -m bench.verify_speed --dir /tmp/vbench --keep  # keep the ledgers; a later run reuses them
+
+Builds each ledger through the ledger's own API in transactions of 5,000 appends (as the writer does, in one
+process): people consent, 60% with an address asking for updates, 90% of those confirm; some withdraw, stop
+the e-mails or are erased (70% of the entries); then a material change is published, and notices to the
+subscribers, a quarter of whom agree again, fill the rest. Then, alternating so drift on a shared machine hits
+both alike, it times:
+
+- raw: sha256(previous hash + canonical bytes) chained over every entry in a Python loop, the bytes read into
+  memory first (the rate the issue compares with);
+- verify: Ledger.verify(), the full check (chain, links, columns, commitments) in one process per CPU;
+- one process: Ledger.verify(workers=1);
+
+and prints medians, the ratio verify / raw, CPU time, and once each the old one-process verify
+(form_handler.verify.reference) and `policy-site ledger verify` as a command with its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from form_handler import verify
+from form_handler.ledger import ConsentDraft, Ledger
+
+BATCH = 5000
+VERSION_1, VERSION_2 = "1" * 64, "2" * 64
+
+
+def draft(i: int) -> ConsentDraft:
+    email = f"person{i}@example.org" if i % 5 < 3 else None
+    return ConsentDraft("privacy", VERSION_1, "/feedback/", f"Feedback number {i}, with a few words more.", email,
+                        email is not None, email is not None, i % 3 == 0)
+
+
+def build(path: Path, entries: int) -> tuple[float, int]:
+    """Append consents and what follows them until the ledger has `entries` entries; (seconds, consents)."""
+    start = time.perf_counter()
+    subscribers: list[str] = []
+    count = people = 0
+    with Ledger(path) as led:
+        while count < entries * 0.7:  # the rest is the notice campaign below
+            with led.transaction() as txn:
+                for _ in range(BATCH):
+                    if count >= entries * 0.7:
+                        break
+                    d, i = draft(people), people
+                    receipt = txn.append_consent(d)
+                    count, people = count + 1, people + 1
+                    if d.email and i % 10:
+                        txn.append("confirmation", receipt.receipt_id, policy_id="privacy")
+                        count += 1
+                        if i % 23 == 4:
+                            txn.append("withdrawal", receipt.receipt_id, consent_updates=False)  # stops e-mails
+                            count += 1
+                        else:
+                            subscribers.append(receipt.receipt_id)
+                    if i % 40 == 7:
+                        txn.withdraw(receipt.receipt_id, receipt.withdraw_token)
+                        count += 1
+                    if i % 100 == 9:
+                        txn.erase(receipt.receipt_id)
+                        count += 1
+        notified = iter(subscribers)
+        while count < entries:  # a material change: a notice to each subscriber, some agree again; then consents
+            with led.transaction() as txn:
+                for _ in range(min(BATCH, entries - count)):
+                    receipt_id = next(notified, None)
+                    if receipt_id is None:
+                        txn.append_consent(draft(people))
+                        people += 1
+                    elif count % 4 == 0:
+                        txn.append("reconsent", receipt_id, policy_id="privacy", policy_version=VERSION_2)
+                    else:
+                        txn.append("notice", receipt_id, policy_id="privacy", policy_version=VERSION_2,
+                                   change_date="2026-11-20", effective="2026-12-20")
+                    count += 1
+        led.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return time.perf_counter() - start, people
+
+
+def chained_sha256(canonicals: list[bytes]) -> str:
+    """The chain's own formula, entry after entry, over bytes already in memory."""
+    prev, sha256 = "0" * 64, hashlib.sha256
+    for data in canonicals:
+        prev = sha256(prev.encode() + data).hexdigest()
+    return prev
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+# Runs the command as its child and prints its peak RSS: a child forked from this (large) process would carry
+# this process's high-water mark into its own ru_maxrss across exec; one forked from a small process does not.
+_MEASURE = """
+import os, subprocess, sys
+command = subprocess.Popen([sys.executable, "-c", "from form_handler.cli import main; main()", *sys.argv[1:]])
+_, status, usage = os.wait4(command.pid, 0)
+print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
+def command_verify(path: Path) -> tuple[float, float, str]:
+    """`policy-site ledger verify` in its own process: seconds, peak RSS in MB (it or a worker), its chain line."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _MEASURE, "ledger", "verify", "--ledger", str(path)],
+                          capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    lines = done.stdout.splitlines()
+    peak_kb, status = (int(v) for v in lines[-1].split())
+    assert status == 0, done.stdout
+    chain = next(line for line in lines if line.startswith("chain:"))
+    return seconds, peak_kb / 1024, chain
+
+
+def measure(path: Path, runs: int) -> None:
+    seconds, peak, chain = command_verify(path)
+    with Ledger(path, readonly=True) as led:
+        count = led.head().count
+        conn = led._open_reader()
+        conn.execute("BEGIN")
+        canonicals = [bytes(d) for (d,) in conn.execute("SELECT canonical FROM entries ORDER BY seq")]
+        head = chained_sha256(canonicals)
+        outcome = verify.verify(conn, led.path)
+        reference = timed(lambda: verify.reference(conn))
+        conn.close(True)
+        assert outcome.report.ok and outcome.report.head == head, outcome.report
+        raw: list[tuple[float, float]] = []
+        full: list[tuple[float, float]] = []
+        single: list[tuple[float, float]] = []
+        for _ in range(runs):
+            raw.append(timed(lambda: chained_sha256(canonicals))[:2])
+            full.append(timed(led.verify)[:2])
+            single.append(timed(lambda: led.verify(workers=1))[:2])
+    del canonicals
+
+    def line(name: str, samples: list[tuple[float, float]]) -> float:
+        walls = sorted(w for w, _ in samples)
+        wall = statistics.median(walls)
+        cpu = statistics.median(c for _, c in samples)
+        print(f"  {name:<34} {count / wall:>11,.0f}/s  median {wall:6.3f} s ({walls[0]:.3f}-{walls[-1]:.3f})"
+              f"  CPU of this process {cpu:6.3f} s")
+        return wall
+
+    print(f"{count:,} entries ({path.stat().st_size / 1e6:,.0f} MB), {runs} runs, load average now"
+          f" {os.getloadavg()[0]:.2f}; verify used {outcome.processes} processes, {outcome.exact_rows} rows row by row")
+    raw_wall = line("raw chained sha256 (bytes in memory)", raw)
+    full_wall = line(f"verify ({outcome.processes} process{'es' if outcome.processes > 1 else ''})", full)
+    single_wall = line("verify (1 process)", single)
+    pairs = sorted(r[0] / f[0] for r, f in zip(raw, full))
+    print(f"  {'old verify (one process, once)':<34} {count / reference[0]:>11,.0f}/s  {reference[0]:6.3f} s")
+    print(f"  ratio verify / raw: {raw_wall / full_wall:.2f} on the medians (pair by pair {pairs[0]:.2f}-{pairs[-1]:.2f});"
+          f" 1 process {raw_wall / single_wall:.2f}; CPU per entry in one process, verify / raw:"
+          f" {statistics.median(c for _, c in single) / statistics.median(c for _, c in raw):.1f}x")
+    print(f"  `policy-site ledger verify` as a command, once: {seconds:.2f} s, peak RSS {peak:.0f} MB of any of its"
+          f" processes ({chain})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="entries per ledger, comma-separated")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None, help="where to build (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the ledgers; reuse them when they are there")
+    args = parser.parse_args()
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="verify-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"SQLite files in {folder}; {len(os.sched_getaffinity(0))} CPUs; load average {os.getloadavg()[0]:.2f}")
+    try:
+        for entries in (int(s) for s in args.sizes.split(",")):
+            path = folder / f"verify-{entries}.sqlite3"
+            if not (args.keep and path.exists()):
+                path.unlink(missing_ok=True)
+                seconds, people = build(path, entries)
+                print(f"built {entries:,} entries ({people:,} consents) through the ledger API in {seconds:.0f} s"
+                      f" ({entries / seconds:,.0f} entries/s)")
+            measure(path, args.runs)
+    finally:
+        if not args.keep:
+            for path in folder.glob("verify-*"):
+                path.unlink()
+            if args.dir is None:
+                folder.rmdir()
+
+
+if __name__ == "__main__":
+    main()
