@@ -228,8 +228,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # The whole schema of a new ledger, for reading (tests, documentation); migrate() is what applies it.
 SCHEMA = "".join(m.sql for m in MIGRATIONS)
-# Name/value rows beside the chain (not chained, nothing personal): the e-mail link key (tokens.py) and
-# the notify run lock (notify.py). Each creates the table when it first needs it; this is its one definition.
+# Name/value rows beside the chain (not chained, nothing personal): the notify run lock (notify.py); older
+# versions also kept the e-mail link key here, which keys.adopt_legacy_key moves out. Its one definition.
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 

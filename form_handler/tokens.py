@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-
 PURPOSES = ("confirm", "reconsent", "withdraw", "unsubscribe")
 Purpose = Literal["confirm", "reconsent", "withdraw", "unsubscribe"]
 
