@@ -107,8 +107,11 @@ def load_histories(data: bytes, source: str) -> list[PolicyHistory]:
 
 
 def _history(p: dict[str, Any]) -> PolicyHistory:
-    listed = [(v.get("effective") or "", bool(v.get("current")), i, str(v["version"])) for i, v in enumerate(p["versions"])]
-    # Oldest first by effective date, the current version last on a tie; list order breaks other ties.
+    # The manifest lists versions newest first (site_src/timeline.py), so on one effective day a version further
+    # down the list is the older one: -i sorts it first. Several texts can take effect on one day
+    # (versions/<date>/, then <date>-2/ ...), above all in history adopted from git.
+    listed = [(v.get("effective") or "", bool(v.get("current")), -i, str(v["version"])) for i, v in enumerate(p["versions"])]
+    # Oldest first by effective date, the current version last on a tie, then by the manifest's order.
     versions = tuple(dict.fromkeys(v for *_, v in sorted(listed)))
     if str(p["version"]) not in versions:
         versions += (str(p["version"]),)

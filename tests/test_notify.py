@@ -390,3 +390,20 @@ def test_notify_plans_in_memory_independent_of_the_number_of_people(crowd: Path,
         finally:
             tracemalloc.stop()
     assert large[1] * 20 < everyone, (large[1], everyone)
+
+
+def test_versions_of_one_day_are_ranked_in_the_manifests_order_newest_listed_first() -> None:
+    # Three texts took effect on one day (versions/2024-06-03/, -2/, -3/); the manifest lists them newest first.
+    doc = {"policies": [{
+        "id": "privacy", "title": "Privacy Policy", "url": "privacy/", "version": "c" * 64,
+        "changes": [{"date": "2024-06-03", "effective": "2024-06-03", "summary": "Third.", "material": True}],
+        "versions": [
+            {"version": "c" * 64, "effective": "2024-06-03", "url": "privacy/", "current": True},
+            {"version": "b" * 64, "effective": "2024-06-03", "url": "privacy/versions/2024-06-03-2/", "current": False},
+            {"version": "a" * 64, "effective": "2024-06-03", "url": "privacy/versions/2024-06-03/", "current": False},
+        ],
+    }]}
+    (history,) = notify.load_histories(json.dumps(doc).encode(), "policy-versions.json")
+    assert history.versions == ("a" * 64, "b" * 64, "c" * 64)
+    # A change without a version is tied to the newest text of its effective day.
+    assert [c.version for c in history.changes] == ["c" * 64]
