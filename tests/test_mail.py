@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from mailserver import MailServer, body, free_port
@@ -24,12 +23,6 @@ NOTICE = ChangeNotice(
     summary="We now keep feedback for <b>two</b> years.\n\nNothing else changed.",
     version="ab" * 32,
 )
-
-
-@pytest.fixture
-def smtp() -> Iterator[MailServer]:
-    with MailServer() as server:
-        yield server
 
 
 def settings_for(port: int) -> Settings:

@@ -46,12 +46,6 @@ def consent(led: Ledger, email: str | None, *, version: str = V1, updates: bool 
 
 
 @pytest.fixture
-def smtp() -> Iterator[MailServer]:
-    with MailServer() as server:
-        yield server
-
-
-@pytest.fixture
 def led(tmp_path: Path) -> Iterator[Ledger]:
     with Ledger(tmp_path / "ledger.sqlite3") as ledger:
         yield ledger

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 from mailserver import MailServer, body
-from service_client import service_client
+from service_client import V1, V2, mail_settings, service_client
 from starlette.testclient import TestClient
 
 from form_handler import notify, outbox
@@ -22,28 +22,13 @@ from form_handler.cli import cli
 from form_handler.ledger import Ledger
 from form_handler.settings import Settings
 
-V1, V2 = "1" * 64, "2" * 64
 FORM = {"message": "Hello", "policy_id": "privacy", "policy_version": V1, "page": "/feedback/"}
 ADMIN = {"Authorization": "Bearer s3cret"}
 
 
 @pytest.fixture
-def smtp() -> Iterator[MailServer]:
-    with MailServer() as server:
-        yield server
-
-
-@pytest.fixture
 def settings(tmp_path: Path, smtp: MailServer) -> Settings:
-    manifest = tmp_path / "policy-versions.json"
-    manifest.write_text(json.dumps({"policies": [{
-        "id": "privacy", "title": "Privacy Policy", "url": "privacy/", "version": V2,
-        "changes": [{"date": "2026-11-20", "effective": "2026-12-20", "summary": "Kept longer.", "material": True, "version": V2}],
-        "versions": [{"version": V1, "effective": "2026-01-01", "url": "privacy/versions/2026-01-01/", "current": False},
-                     {"version": V2, "effective": "2026-12-20", "url": "privacy/", "current": True}],
-    }]}))
-    return Settings(ledger_path=tmp_path / "ledger.sqlite3", manifest=str(manifest), rate_limit=0, admin_token="s3cret",
-                    smtp_host="127.0.0.1", smtp_port=smtp.port, base_url="https://policies.example", secret="s")
+    return mail_settings(tmp_path, smtp.port, admin_token="s3cret")
 
 
 @pytest.fixture
