@@ -143,10 +143,9 @@ class RateLimiter:
         if hits is None:
             hits = self._hits[key] = deque()
         self._hits.move_to_end(key)
-        while hits and hits[0] <= now - self.window:
-            hits.popleft()
-        if len(hits) >= self.per_minute:
-            return max(hits[0] + self.window - now, 0.001)
+        wait = self._blocked(hits, now)
+        if wait is not None:
+            return wait
         hits.append(now)
         self._evict(now)
         return None
@@ -156,7 +155,10 @@ class RateLimiter:
         hits = self._hits.get(self._key_of(client))
         if self.per_minute <= 0 or hits is None:
             return None
-        now = self._clock()
+        return self._blocked(hits, self._clock())
+
+    def _blocked(self, hits: deque[float], now: float) -> float | None:
+        # Drop the hits that left the window; a full window waits until its oldest hit leaves it.
         while hits and hits[0] <= now - self.window:
             hits.popleft()
         return max(hits[0] + self.window - now, 0.001) if len(hits) >= self.per_minute else None

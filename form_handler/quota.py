@@ -46,7 +46,11 @@ def expire(connection: Any, *, now: datetime | None = None) -> int:
     exists = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mail_quota'").fetchone()
     if exists is None:
         return 0
-    connection.execute("DELETE FROM mail_quota WHERE queued_at <= ?", (iso((now or utcnow()) - WINDOW),))
+    return _delete_expired(connection, now or utcnow())
+
+
+def _delete_expired(connection: Any, now: datetime) -> int:
+    connection.execute("DELETE FROM mail_quota WHERE queued_at <= ?", (iso(now - WINDOW),))
     return int(connection.changes())
 
 
@@ -62,7 +66,7 @@ def take(connection: Any, key: bytes, address: str, *, limit: int, now: datetime
     ensure_schema(connection)
     now = now or utcnow()
     since = iso(now - WINDOW)
-    expire(connection, now=now)  # rows older than the window count for nobody: delete them as we go
+    _delete_expired(connection, now)  # rows older than the window count for nobody: delete them as we go
     digest = recipient_hmac(key, address)
     row = connection.execute(
         "SELECT count(*) FROM mail_quota WHERE recipient_hmac = ? AND queued_at > ?", (digest, since)
