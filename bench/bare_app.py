@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from form_handler.bodies import Refused, read_fields
-from form_handler.submissions import ValidationFailed, parse_submission
+from form_handler.web.bodies import Refused, read_fields
+from form_handler.consent.submissions import ValidationFailed, parse_submission
 
 
 async def feedback(request: Request) -> Response:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 
 
 def draft(i: int) -> ConsentDraft:
@@ -45,7 +45,7 @@ def verify_rate(folder: Path, entries: int) -> tuple[float, float]:
             best = min(best, time.perf_counter() - start)
             assert report.ok and report.count == entries
         # Walking the chain alone (no column or personal-data checks), for comparison.
-        from form_handler.chain import walk
+        from form_handler.ledger.chain import walk
         with led._reading() as conn:
             for _ in range(3):
                 start = time.perf_counter()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 V1, V2 = "1" * 64, "2" * 64

@@ -36,8 +36,12 @@ from pathlib import Path
 
 import apsw
 
-from form_handler import keys, schema, tokens
-from form_handler.ledger import ConsentDraft, Ledger, Receipt
+from form_handler.consent import keys
+
+from form_handler.ledger.sqlite import schema
+
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger, Receipt
 from form_handler.settings import Settings
 
 POLICY_ID = "privacy"
@@ -151,7 +155,7 @@ def measure(path: Path, subjects: Subjects, *, repeats: int = 15) -> dict[str, C
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-    from form_handler.app import create_app
+    from form_handler.web.app import create_app
 
     if len(subjects.receipts) < repeats + 1 or any(len(ids) < repeats + 1 for ids in subjects.links.values()):
         raise ValueError(f"add_subjects(path, {repeats + 1}) or more is needed for {repeats} repeats.")

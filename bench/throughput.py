@@ -1,6 +1,6 @@
 """Throughput bench: durable submissions per second against a bare endpoint, same machine, same run.
 
-Starts real uvicorn processes on 127.0.0.1 (the product `form_handler.app:app`, and `bench.bare_app:app`
+Starts real uvicorn processes on 127.0.0.1 (the product `form_handler.web.app:app`, and `bench.bare_app:app`
 which parses the same form and stores nothing), drives each with wrk (bench/post_form.lua: form posts,
 a unique message each) at each connection count and worker count, interleaved, several runs, and prints
 the medians. Every durable success was acknowledged only after its COMMIT; the bench checks afterwards
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("post_form.lua")
 VERSION = "5" * 64
-APPS = {"bare": "bench.bare_app:app", "durable": "form_handler.app:app"}
+APPS = {"bare": "bench.bare_app:app", "durable": "form_handler.web.app:app"}
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def measure(app: str, workers: int, connections: int, run: int, proc: subprocess
 
 def check_ledger(ledger: Path, acknowledged: int) -> str:
     """The ledger holds every acknowledged submission (and maybe a few in flight at the end) and verifies."""
-    from form_handler.ledger import Ledger
+    from form_handler.ledger.sqlite.store import Ledger
 
     with Ledger(ledger, readonly=True) as led:
         report = led.verify()

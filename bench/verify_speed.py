@@ -16,7 +16,7 @@ both alike, it times:
 - one process: Ledger.verify(workers=1);
 
 and prints medians, the ratio verify / raw, CPU time, and once each the old one-process verify
-(form_handler.verify.reference) and `policy-site ledger verify` as a command with its peak memory.
+(form_handler.ledger.sqlite.verify.reference) and `policy-site ledger verify` as a command with its peak memory.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from form_handler import verify
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.ledger.sqlite import verify
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 
 BATCH = 5000
 VERSION_1, VERSION_2 = "1" * 64, "2" * 64

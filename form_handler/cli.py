@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from .chain import ChainError, Checkpoint
-from .export import lines as export_lines
-from .ledger import Ledger, LedgerError
-from .settings import Settings, SettingsError
+from form_handler.ledger.chain import ChainError, Checkpoint
+from form_handler.ledger.export import lines as export_lines
+from form_handler.ledger.sqlite.store import Ledger, LedgerError
+from form_handler.settings import Settings, SettingsError
 
 
 def load_settings() -> Settings:
@@ -39,7 +39,7 @@ def serve(host: str, port: int) -> None:
 
         policy-site serve --port 8000
     """
-    from .serve import serve as run_serve
+    from form_handler.serve import serve as run_serve
 
     run_serve(load_settings(), host=host, port=port)
 
@@ -192,10 +192,10 @@ def notify(ledger_path: Path | None, manifest: str | None, dry_run: bool, rate: 
         policy-site notify --manifest site/policy-versions.json --dry-run
         policy-site notify --manifest site/policy-versions.json --rate 20
     """
-    from .mail import MailError
-    from .manifest import ManifestUnavailable
-    from .notify import NotifyError
-    from .notify import run as run_notify
+    from form_handler.mail.message import MailError
+    from form_handler.consent.manifest import ManifestUnavailable
+    from form_handler.mail.notify import NotifyError
+    from form_handler.mail.notify import run as run_notify
 
     settings = load_settings()
     with open_ledger(ledger_path, readonly=dry_run) as led:
@@ -236,8 +236,7 @@ def mail_send(ledger_path: Path | None) -> None:
 
         policy-site mail send --ledger var/ledger.sqlite3
     """
-    from . import outbox
-
+    from form_handler.mail import outbox
     settings = load_settings()
     with open_ledger(ledger_path, readonly=False) as led:
         result = outbox.send_due(led.connection, settings)
@@ -272,8 +271,7 @@ def keys_rotate(until: datetime) -> None:
 
         policy-site keys rotate --verify-until 2027-06-30
     """
-    from . import keys as link_keys
-
+    from form_handler.consent import keys as link_keys
     settings = load_settings()
     if settings.secret:
         raise click.ClickException(

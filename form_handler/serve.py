@@ -1,6 +1,6 @@
 """`policy-site serve`: the built site and the API from one uvicorn process, for local use.
 
-The API keeps the same /api paths as `uvicorn form_handler.app:app`; the site is mounted at "/", and
+The API keeps the same /api paths as `uvicorn form_handler.web.app:app`; the site is mounted at "/", and
 unknown paths get the site's own 404.html with status 404.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import click
 import uvicorn
 
-from . import keys as link_keys
-from .app import create_app
-from .settings import Settings
+from form_handler.consent import keys as link_keys
+from form_handler.web.app import create_app
+from form_handler.settings import Settings
 
 
 class ServeError(click.ClickException):

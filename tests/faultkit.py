@@ -59,7 +59,7 @@ def uvicorn_command(port: int) -> list[str]:
 
     --no-proxy-headers: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1, so any local client
     could pick the address the rate limit counts; POLICY_SITE_FORWARDED_ALLOW_IPS is the only trust."""
-    return [str(Path(sys.executable).with_name("uvicorn")), "form_handler.app:app", "--host", "127.0.0.1",
+    return [str(Path(sys.executable).with_name("uvicorn")), "form_handler.web.app:app", "--host", "127.0.0.1",
             "--port", str(port), "--no-access-log", "--no-proxy-headers"]
 
 
@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 class Server:
-    """`uvicorn form_handler.app:app` as a real child process, started and stopped by the test."""
+    """`uvicorn form_handler.web.app:app` as a real child process, started and stopped by the test."""
 
     def __init__(self, workdir: Path, ledger: Path, manifest: Path, *, workers: int = 1,
                  env: dict[str, str] | None = None, log_level: str | None = "warning") -> None:
@@ -217,7 +217,7 @@ class Stored:
 
 
 def read_ledger(path: Path) -> Stored:
-    from form_handler.ledger import Ledger
+    from form_handler.ledger.sqlite.store import Ledger
 
     with Ledger(path) as ledger:
         conn = ledger.connection

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from form_handler.ledger import ConsentDraft, Ledger, Receipt
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger, Receipt
 
 VERSION = "a" * 64
 

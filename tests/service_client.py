@@ -11,7 +11,7 @@ from typing import Any
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
-from form_handler.app import create_app
+from form_handler.web.app import create_app
 from form_handler.settings import Settings
 
 

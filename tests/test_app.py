@@ -13,12 +13,12 @@ import pytest
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from form_handler import export
-from form_handler.app import create_app
-from form_handler.ledger import Ledger
-from form_handler.openapi import openapi_document
+from form_handler.ledger import export
+from form_handler.web.app import create_app
+from form_handler.ledger.sqlite.store import Ledger
+from form_handler.web.openapi import openapi_document
 from form_handler.settings import Settings
-from form_handler.writer import GroupCommitWriter
+from form_handler.ledger.sqlite.writer import GroupCommitWriter
 from service_client import service_client
 
 VERSION, OLD = "5" * 64, "4" * 64

@@ -17,7 +17,7 @@ from browser_support import (
     browser, fill_form, server, settle, site_paths, submit_feedback, visit, watch_console, withdraw_shown,
 )
 
-from form_handler.pages import CONFIRMATION_SENTENCE, CONFIRMATION_WAITS
+from form_handler.web.pages import CONFIRMATION_SENTENCE, CONFIRMATION_WAITS
 from scripts.demo_site import ACTIVE_CHANGE, ADDED_WORD, REMOVED_WORD, Server, ledger_export, manifest
 
 pytestmark = pytest.mark.browser

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from ledger_helpers import draft
 
 from form_handler.cli import cli
-from form_handler.export import safe_cell
-from form_handler.ledger import Ledger, Receipt
+from form_handler.ledger.export import safe_cell
+from form_handler.ledger.sqlite.store import Ledger, Receipt
 
 POLICY_SITE = Path(sys.executable).with_name("policy-site")
 

@@ -1,4 +1,4 @@
-"""Faults against a real `uvicorn form_handler.app:app`: kill -9 under load, a full disk, a read-only
+"""Faults against a real `uvicorn form_handler.web.app:app`: kill -9 under load, a full disk, a read-only
 ledger and SIGTERM under load. Through all of them every 2xx must stay in the ledger exactly once.
 
 Counts can be lowered while developing: FAULT_SUBMISSIONS, FAULT_KILLS, FAULT_SEED.

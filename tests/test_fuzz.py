@@ -26,11 +26,11 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from faultkit import POLICY_ID, VERSION, record, submission, write_manifest
-from form_handler.app import create_app
-from form_handler.openapi import openapi_document
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.web.app import create_app
+from form_handler.web.openapi import openapi_document
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 from form_handler.settings import Settings
-from form_handler.submissions import (
+from form_handler.consent.submissions import (
     CONSENTS, FIELDS, MESSAGE_MAX, ValidationFailed, decode_json, decode_urlencoded, parse_submission,
 )
 from service_client import service_client

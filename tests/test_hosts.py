@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from faultkit import submission, write_manifest
-from form_handler.app import create_app
-from form_handler.hosts import LOOPBACK, allowed_hosts, host_name
-from form_handler.ledger import Ledger
+from form_handler.web.app import create_app
+from form_handler.web.hosts import LOOPBACK, allowed_hosts, host_name
+from form_handler.ledger.sqlite.store import Ledger
 from form_handler.settings import Settings
 from service_client import service_client
 

@@ -15,11 +15,13 @@ from click.testing import CliRunner
 from ledger_helpers import draft
 from starlette.testclient import TestClient
 
-from form_handler import keys, tokens
-from form_handler.app import create_app
+from form_handler.consent import keys
+
+from form_handler.consent import tokens
+from form_handler.web.app import create_app
 from form_handler.cli import cli
-from form_handler.keys import KeyFileError
-from form_handler.ledger import Ledger
+from form_handler.consent.keys import KeyFileError
+from form_handler.ledger.sqlite.store import Ledger
 from form_handler.settings import Settings
 
 TODAY = date.today()

@@ -12,13 +12,13 @@ import apsw
 import pytest
 from ledger_helpers import confirmed, draft, make_read_only, make_writable
 
-from form_handler import subscribers
-from form_handler.chain import Checkpoint, canonical, entry_hash
-from form_handler.ledger import (
+from form_handler.consent import subscribers
+from form_handler.ledger.chain import Checkpoint, canonical, entry_hash
+from form_handler.ledger.sqlite.store import (
     InvalidToken, Ledger, LedgerError, LedgerUnavailable, UnknownReceipt, check_sqlite_version,
     new_receipt_secrets,
 )
-from form_handler.reports import EXPORT_FIELDS
+from form_handler.ledger.sqlite.reports import EXPORT_FIELDS
 
 
 @pytest.fixture
@@ -237,8 +237,8 @@ def test_generic_append_for_known_receipts_only(ledger: Ledger) -> None:
 WORKER = """
 import asyncio, sys, time
 from pathlib import Path
-from form_handler.ledger import ConsentDraft, Ledger
-from form_handler.writer import GroupCommitWriter
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
+from form_handler.ledger.sqlite.writer import GroupCommitWriter
 path, tag, mode, go = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
 def draft(i):
     return ConsentDraft("privacy", "a" * 64, "/feedback/", f"{tag}-{i}", None, False, False, False)
@@ -290,7 +290,7 @@ def test_ledger_from_an_older_schema_is_refused_clearly(tmp_path: Path) -> None:
 
 
 def test_every_connection_reads_back_wal_full_and_busy_timeout(ledger: Ledger) -> None:
-    from form_handler.ledger import read_pragmas
+    from form_handler.ledger.sqlite.store import read_pragmas
 
     ledger.append_consent(draft())
     with Ledger(ledger.path, readonly=True) as reader:
@@ -304,7 +304,7 @@ def test_every_connection_reads_back_wal_full_and_busy_timeout(ledger: Ledger) -
 
 
 def test_page_is_erased_with_the_address_and_message_and_verify_passes(ledger: Ledger) -> None:
-    from form_handler.export import lines
+    from form_handler.ledger.export import lines
 
     page = "/feedback/ann-example/DE89370400440532013000/"  # a path can carry a name and an IBAN
     receipt = ledger.append_consent(draft(email="ann@example.org", message="my words", page=page))

@@ -17,9 +17,9 @@ import apsw
 import pytest
 from ledger_helpers import draft
 
-from form_handler import verify
-from form_handler.chain import GENESIS, Checkpoint, canonical, entry_hash
-from form_handler.ledger import Ledger
+from form_handler.ledger.sqlite import verify
+from form_handler.ledger.chain import GENESIS, Checkpoint, canonical, entry_hash
+from form_handler.ledger.sqlite.store import Ledger
 
 COLUMNS = ("prev_hash", "hash", "kind", "receipt_id", "recorded_at", "policy_id", "policy_version", "page", "commitment",
            "consent_contact", "consent_updates", "consent_third_parties")

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from form_handler.limits import BodyLimitMiddleware, RateLimiter
+from form_handler.web.limits import BodyLimitMiddleware, RateLimiter
 
 seen: list[int] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from mailserver import MailServer, body, free_port
 
-from form_handler.mail import (
+from form_handler.mail.message import (
     ChangeNotice,
     MailError,
     confirmation_message,

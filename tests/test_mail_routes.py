@@ -16,8 +16,16 @@ from mailserver import MailServer, body, free_port
 from service_client import V1, V2, mail_settings, service_client
 from starlette.testclient import TestClient
 
-from form_handler import keys, mail_routes, notify, outbox, tokens
-from form_handler.ledger import Ledger
+from form_handler.consent import keys
+
+from form_handler.web import mail_routes
+
+from form_handler.mail import notify
+
+from form_handler.mail import outbox
+
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import Ledger
 from form_handler.settings import Settings
 
 KEY = keys.from_secret("s")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from form_handler.manifest import Manifest, ManifestUnavailable, parse_manifest
+from form_handler.consent.manifest import Manifest, ManifestUnavailable, parse_manifest
 
 OLD, NEW, NEWER = "1" * 64, "2" * 64, "3" * 64
 

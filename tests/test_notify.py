@@ -15,8 +15,14 @@ import apsw
 import pytest
 from mailserver import MailServer, body, free_port
 
-from form_handler import keys, notify, subscribers, tokens
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.consent import keys
+
+from form_handler.mail import notify
+
+from form_handler.consent import subscribers
+
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 from form_handler.settings import Settings
 
 V1, V2, V3 = "1" * 64, "2" * 64, "3" * 64

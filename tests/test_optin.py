@@ -17,9 +17,11 @@ from mailserver import MailServer, body
 from service_client import V1, V2, mail_settings, service_client
 from starlette.testclient import TestClient
 
-from form_handler import notify, outbox
+from form_handler.mail import notify
+
+from form_handler.mail import outbox
 from form_handler.cli import cli
-from form_handler.ledger import Ledger
+from form_handler.ledger.sqlite.store import Ledger
 from form_handler.settings import Settings
 
 FORM = {"message": "Hello", "policy_id": "privacy", "policy_version": V1, "page": "/feedback/"}

@@ -9,9 +9,9 @@ import pytest
 from ledger_helpers import draft
 from mailserver import MailServer, free_port
 
-from form_handler import outbox
-from form_handler.ledger import Ledger
-from form_handler.mail import confirmation_message
+from form_handler.mail import outbox
+from form_handler.ledger.sqlite.store import Ledger
+from form_handler.mail.message import confirmation_message
 from form_handler.settings import Settings
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)

@@ -6,9 +6,9 @@ import itertools
 import json
 from pathlib import Path
 
-from form_handler import pages
-from form_handler.ledger import Receipt
-from form_handler.manifest import PolicyEntry
+from form_handler.web import pages
+from form_handler.ledger.sqlite.store import Receipt
+from form_handler.consent.manifest import PolicyEntry
 
 HOSTILE = "<script>alert('x')</script> & \"quoted\" {{ not a template }} \x00slot0\x00"
 POLICY = PolicyEntry(id="privacy", title="Privacy <Policy> & \"more\"", url="privacy/", current="b" * 64,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from form_handler import quota
-from form_handler.ledger import Ledger
+from form_handler.mail import quota
+from form_handler.ledger.sqlite.store import Ledger
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 KEY, OTHER_KEY = b"k" * 32, b"o" * 32

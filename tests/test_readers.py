@@ -11,8 +11,8 @@ import apsw
 import pytest
 from ledger_helpers import draft
 
-from form_handler import reports
-from form_handler.ledger import Ledger, LedgerUnavailable
+from form_handler.ledger.sqlite import reports
+from form_handler.ledger.sqlite.store import Ledger, LedgerUnavailable
 
 
 @pytest.fixture

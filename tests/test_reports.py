@@ -16,8 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_helpers import draft
 
-from form_handler import mail_routes, reports, tokens
-from form_handler.ledger import Ledger
+from form_handler.web import mail_routes
+
+from form_handler.ledger.sqlite import reports
+
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import Ledger
 
 DAYS = ("2026-01-01", "2026-01-02", "2026-03-15")
 POLICIES = ("privacy", "terms")

@@ -25,8 +25,10 @@ from faultkit import PAGE, POLICY_ID, VERSION, Server, submission, write_manifes
 from mailserver import free_port
 from service_client import service_client
 
-from form_handler import keys, tokens
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.consent import keys
+
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 from form_handler.settings import Settings
 
 SECRET = "a secret only this test knows"

@@ -9,9 +9,11 @@ import apsw
 import pytest
 from ledger_helpers import draft, make_read_only, make_writable
 
-from form_handler import reports, subscribers
-from form_handler.ledger import Ledger, LedgerError
-from form_handler.schema import MIGRATIONS, SCHEMA_VERSION, user_version
+from form_handler.ledger.sqlite import reports
+
+from form_handler.consent import subscribers
+from form_handler.ledger.sqlite.store import Ledger, LedgerError
+from form_handler.ledger.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, user_version
 
 # Made by tests/fixtures/ledgers/make_schema_2.py with the code of commit df04920: 3 consents (entry v1,
 # the page chained), a confirmation, a notice, a reconsent, a withdrawal and an erasure (of ann's consent).

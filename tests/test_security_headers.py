@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 from starlette.types import Message, Scope
 
 from faultkit import submission, write_manifest
-from form_handler.app import create_app
-from form_handler.security_headers import content_security_policy
+from form_handler.web.app import create_app
+from form_handler.web.security_headers import content_security_policy
 from form_handler.settings import Settings
 from service_client import service_client
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from form_handler.submissions import (
+from form_handler.consent.submissions import (
     MESSAGE_MAX,
     _CONTROL,
     _CONTROL_MULTILINE,

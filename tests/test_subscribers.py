@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_helpers import draft
 
-from form_handler import subscribers
-from form_handler.addresses import email_key
-from form_handler.ledger import ConsentDraft, Ledger, LedgerTxn
+from form_handler.consent import subscribers
+from form_handler.consent.addresses import email_key
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger, LedgerTxn
 
 # Spellings of three addresses; SQLite's lower() would not make the last two one address, casefold does.
 EMAILS = ("ann@example.org", "ANN@example.org", " Ann@Example.ORG ", "bob@example.org", "straße@example.org",

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from form_handler.tokens import LIFETIME, TokenRefused, sign, verify
+from form_handler.consent.tokens import LIFETIME, TokenRefused, sign, verify
 
 KEY = b"k" * 32
 NOW = 1_800_000_000.0

@@ -1,4 +1,4 @@
-"""The service as deployed: `uvicorn form_handler.app:app` in a real child process, over real HTTP.
+"""The service as deployed: `uvicorn form_handler.web.app:app` in a real child process, over real HTTP.
 
 Clients send from 127.0.0.2, a loopback address the server's own (127.0.0.1) differs from, so the
 check that the ledger never holds the client's address looks for an address nothing else would put there.
@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 
 from faultkit import PAGE, POLICY_ID, VERSION, Server, free_port, submission, verify, write_manifest
-from form_handler import keys, tokens
-from form_handler.ledger import ConsentDraft, Ledger
+from form_handler.consent import keys
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 
 CLIENT_IP = "127.0.0.2"
 

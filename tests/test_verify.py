@@ -19,9 +19,9 @@ import apsw
 import pytest
 from ledger_helpers import draft
 
-from form_handler import verify
-from form_handler.chain import Checkpoint, VerifyReport, entry_hash
-from form_handler.ledger import Ledger
+from form_handler.ledger.sqlite import verify
+from form_handler.ledger.chain import Checkpoint, VerifyReport, entry_hash
+from form_handler.ledger.sqlite.store import Ledger
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "ledgers" / "schema-2.sqlite3"
 ENTRIES = 1500

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from ledger_helpers import draft, make_read_only, make_writable
 
-from form_handler.ledger import Ledger, LedgerTxn, LedgerUnavailable, Receipt, UnknownReceipt
-from form_handler.writer import GroupCommitWriter
+from form_handler.ledger.sqlite.store import Ledger, LedgerTxn, LedgerUnavailable, Receipt, UnknownReceipt
+from form_handler.ledger.sqlite.writer import GroupCommitWriter
 
 
 def consent(txn: LedgerTxn) -> Receipt:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import apsw
 
-from .ledger import UNAVAILABLE_ERRORS, Ledger, LedgerError, LedgerTxn, LedgerUnavailable
+from form_handler.ledger.sqlite.store import UNAVAILABLE_ERRORS, Ledger, LedgerError, LedgerTxn, LedgerUnavailable
 
 log = logging.getLogger("form_handler")
 

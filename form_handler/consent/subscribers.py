@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addresses import email_key
+from form_handler.consent.addresses import email_key
 
 
 @dataclass

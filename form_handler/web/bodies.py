@@ -14,7 +14,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from .submissions import ValidationFailed, decode_json, decode_urlencoded, fields_from_pairs
+from form_handler.consent.submissions import ValidationFailed, decode_json, decode_urlencoded, fields_from_pairs
 
 MAX_FIELDS = 32  # our nine fields, plus room for what a browser adds (a named submit button, _charset_)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -29,21 +29,27 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from . import export, mail_routes, optin, pages
-from . import keys as link_keys
-from .keys import LinkKeys
-from .bodies import Refused, read_fields, wants_json
-from .ledger import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
-from .hosts import HostCheckMiddleware, allowed_hosts
-from .limits import ADMIN_FAILURES_PER_MINUTE, BodyLimitMiddleware, RateLimiter
-from .mailer import Mailer
-from .manifest import Manifest, ManifestUnavailable
-from .openapi import openapi_document
-from .origins import origin_allowed
-from .security_headers import SecurityHeadersMiddleware, content_security_policy
-from .settings import Settings
-from .submissions import ValidationFailed, parse_submission
-from .writer import GroupCommitWriter
+from form_handler.ledger import export
+
+from form_handler.web import mail_routes
+
+from form_handler.mail import optin
+
+from form_handler.web import pages
+from form_handler.consent import keys as link_keys
+from form_handler.consent.keys import LinkKeys
+from form_handler.web.bodies import Refused, read_fields, wants_json
+from form_handler.ledger.sqlite.store import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
+from form_handler.web.hosts import HostCheckMiddleware, allowed_hosts
+from form_handler.web.limits import ADMIN_FAILURES_PER_MINUTE, BodyLimitMiddleware, RateLimiter
+from form_handler.mail.mailer import Mailer
+from form_handler.consent.manifest import Manifest, ManifestUnavailable
+from form_handler.web.openapi import openapi_document
+from form_handler.web.origins import origin_allowed
+from form_handler.web.security_headers import SecurityHeadersMiddleware, content_security_policy
+from form_handler.settings import Settings
+from form_handler.consent.submissions import ValidationFailed, parse_submission
+from form_handler.ledger.sqlite.writer import GroupCommitWriter
 
 log = logging.getLogger("form_handler")
 NO_STORE = {"Cache-Control": "no-store"}

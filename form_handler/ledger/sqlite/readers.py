@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import apsw
 
-from .ledger_types import LedgerUnavailable
+from form_handler.ledger.types import LedgerUnavailable
 
 
 class ReadPool:

@@ -20,8 +20,8 @@ import hmac
 from datetime import datetime, timedelta
 from typing import Any
 
-from .addresses import email_key
-from .outbox import iso, utcnow
+from form_handler.consent.addresses import email_key
+from form_handler.mail.outbox import iso, utcnow
 
 WINDOW = timedelta(hours=24)
 KEY_LABEL = "mail-quota"  # keys.LinkKeys.derive(KEY_LABEL) keys the hash

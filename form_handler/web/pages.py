@@ -15,8 +15,8 @@ import jinja2
 from markupsafe import escape
 from starlette.responses import HTMLResponse
 
-from .manifest import PolicyEntry
-from .submissions import is_site_path
+from form_handler.consent.manifest import PolicyEntry
+from form_handler.consent.submissions import is_site_path
 
 API_ROOT = "/api"
 STYLESHEET = Path(__file__).parent / "pages" / "pages.css"

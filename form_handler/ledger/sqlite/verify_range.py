@@ -16,8 +16,8 @@ from typing import Any
 
 import apsw
 
-from . import reports
-from .chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, WalkResult, hash_problem, missing_problem
+from form_handler.ledger.sqlite import reports
+from form_handler.ledger.chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, WalkResult, hash_problem, missing_problem
 
 # The mirrored columns in the canonical key order (sorted, as chain.canonical writes them).
 _MIRRORED = sorted(("kind", "receipt_id", "recorded_at", "seq", *TEXT_COLUMNS, *FLAG_COLUMNS))

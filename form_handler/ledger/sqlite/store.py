@@ -21,23 +21,23 @@ from typing import Any, TypeVar
 
 import apsw
 
-from . import reports
-from .addresses import email_key
-from .private_files import ensure_private
-from .chain import (
+from form_handler.ledger.sqlite import reports
+from form_handler.consent.addresses import email_key
+from form_handler.private_files import ensure_private
+from form_handler.ledger.chain import (
     ENTRY_VERSION, FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
     entry_hash, utc_now,
 )
-from .ledger_types import (
+from form_handler.ledger.types import (
     READ_UNAVAILABLE_ERRORS, UNAVAILABLE_ERRORS, ConsentDraft, Entry, InvalidToken, LedgerError, LedgerRefusal,
     LedgerUnavailable, Receipt, ReceiptStatus, UnknownReceipt,
 )
-from .readers import ReadPool
-from .schema import (
+from form_handler.ledger.sqlite.readers import ReadPool
+from form_handler.ledger.sqlite.schema import (
     BUSY_TIMEOUT_MS, META_SCHEMA, SCHEMA, SCHEMA_VERSION, SQLITE_MINIMUM, check_schema_version,
     check_sqlite_version, configure, migrate, read_pragmas, user_version,
 )
-from .verify import verify as verify_ledger
+from form_handler.ledger.sqlite.verify import verify as verify_ledger
 
 __all__ = [
     "Checkpoint", "ConsentDraft", "Entry", "InvalidToken", "Ledger", "LedgerError", "LedgerRefusal",

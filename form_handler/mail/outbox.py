@@ -21,8 +21,8 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from typing import Any
 
-from .mail import MailError, smtp_session
-from .settings import Settings
+from form_handler.mail.message import MailError, smtp_session
+from form_handler.settings import Settings
 
 FIRST_RETRY = 30  # seconds; doubled after every failure
 MAX_RETRY = 3600  # seconds; the back-off never waits longer than this

@@ -12,8 +12,8 @@ from typing import Any
 
 import apsw
 
-from .addresses import email_key
-from .chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, commitment
+from form_handler.consent.addresses import email_key
+from form_handler.ledger.chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, commitment
 
 # Counts below this are left out (or null) so that no one can be picked out of the statistics.
 MIN_COUNT = 5

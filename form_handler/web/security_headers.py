@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .origins import normalise
+from form_handler.web.origins import normalise
 
 # Only plain http(s) origins go into the policy: "*" or "null" would open it, and Chromium logs an error
 # for an IPv6 literal (not valid CSP syntax), which 'self' covers when the service is reached that way.

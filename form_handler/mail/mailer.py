@@ -12,11 +12,13 @@ import asyncio
 import logging
 from datetime import datetime, timezone
 
-from . import outbox, quota
-from .ledger import Ledger, LedgerError
-from .settings import Settings
+from form_handler.mail import outbox
 
-log = logging.getLogger("form_handler.mailer")
+from form_handler.mail import quota
+from form_handler.ledger.sqlite.store import Ledger, LedgerError
+from form_handler.settings import Settings
+
+log = logging.getLogger("form_handler.mail.mailer")
 
 
 class Mailer:

@@ -25,13 +25,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from . import pages, subscribers, tokens
-from .keys import LinkKeys
-from .ledger import Ledger, LedgerError, LedgerRefusal, LedgerTxn
-from .manifest import ManifestUnavailable
-from .tokens import LinkClaim, TokenRefused
+from form_handler.web import pages
 
-log = logging.getLogger("form_handler.mail_routes")
+from form_handler.consent import subscribers
+
+from form_handler.consent import tokens
+from form_handler.consent.keys import LinkKeys
+from form_handler.ledger.sqlite.store import Ledger, LedgerError, LedgerRefusal, LedgerTxn
+from form_handler.consent.manifest import ManifestUnavailable
+from form_handler.consent.tokens import LinkClaim, TokenRefused
+
+log = logging.getLogger("form_handler.web.mail_routes")
 
 
 class LinkUsed(LedgerRefusal):

@@ -9,7 +9,7 @@ a ledger whose `entries` table is not the one the schema made (rebuilt by hand, 
 
 Processes, not threads: SQLite takes one process-wide mutex on every allocation (its memory statistics) and a
 range's map() holds the GIL, so two threads mostly wait for each other. The workers are started as
-`python -c "from form_handler.verify import serve; serve()"`, not with multiprocessing, whose spawn would
+`python -c "from form_handler.ledger.sqlite.verify import serve; serve()"`, not with multiprocessing, whose spawn would
 import (run) the caller's main script again in each.
 """
 
@@ -27,12 +27,12 @@ from typing import Any
 
 import apsw
 
-from . import reports
-from .chain import (
+from form_handler.ledger.sqlite import reports
+from form_handler.ledger.chain import (
     GENESIS, ZERO_CHECKPOINT_PROBLEM, Checkpoint, VerifyReport, WalkResult, removed_problem, rewritten_problem, walk,
 )
-from .schema import configure
-from .verify_range import RangeResult, check_range, hash_at
+from form_handler.ledger.sqlite.schema import configure
+from form_handler.ledger.sqlite.verify_range import RangeResult, check_range, hash_at
 
 # Entries per range: a range's values are held in memory while it is checked (~1 kB an entry), so memory
 # stays constant.
@@ -185,11 +185,11 @@ def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int
 
 def _start(path: Path) -> subprocess.Popen[bytes] | None:
     # The package this module is in goes first on the worker's path, so it imports this very code.
-    where = str(Path(__file__).resolve().parent.parent)
+    where = str(Path(__file__).resolve().parents[3])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (where, os.environ.get("PYTHONPATH"))))}
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", "from form_handler.verify import serve; serve()", str(path)],
+            [sys.executable, "-c", "from form_handler.ledger.sqlite.verify import serve; serve()", str(path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
         )
     except OSError:  # no process to spare: this one checks the ranges

@@ -19,13 +19,17 @@ from typing import Any
 
 from starlette.requests import Request
 
-from . import outbox, quota, tokens
-from .keys import LinkKeys
-from .ledger import ConsentDraft, LedgerTxn, Receipt
-from .mail import MailError, confirmation_message
-from .settings import Settings
+from form_handler.mail import outbox
 
-log = logging.getLogger("form_handler.optin")
+from form_handler.mail import quota
+
+from form_handler.consent import tokens
+from form_handler.consent.keys import LinkKeys
+from form_handler.ledger.sqlite.store import ConsentDraft, LedgerTxn, Receipt
+from form_handler.mail.message import MailError, confirmation_message
+from form_handler.settings import Settings
+
+log = logging.getLogger("form_handler.mail.optin")
 
 
 def confirm_url(settings: Settings, token: str) -> str:

@@ -39,12 +39,16 @@ from typing import IO, Any
 
 import apsw
 
-from . import keys, subscribers, tokens
-from .ledger import META_SCHEMA, Ledger
-from .mail import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
-from .manifest import read_source
-from .settings import Settings
-from .subscribers import Person
+from form_handler.consent import keys
+
+from form_handler.consent import subscribers
+
+from form_handler.consent import tokens
+from form_handler.ledger.sqlite.store import META_SCHEMA, Ledger
+from form_handler.mail.message import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
+from form_handler.consent.manifest import read_source
+from form_handler.settings import Settings
+from form_handler.consent.subscribers import Person
 
 # Seconds between two progress lines: often enough to see a run is alive, rare enough to read.
 PROGRESS_EVERY = 10.0

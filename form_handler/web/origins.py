@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-from .settings import Settings
+from form_handler.settings import Settings
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

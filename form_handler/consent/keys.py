@@ -27,8 +27,8 @@ from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
-from .ledger import Ledger, LedgerUnavailable
-from .settings import Settings
+from form_handler.ledger.sqlite.store import Ledger, LedgerUnavailable
+from form_handler.settings import Settings
 
 FORMAT = "policy-site link keys"
 log = logging.getLogger("form_handler")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bodies import MAX_FIELDS
-from .limits import ADMIN_FAILURES_PER_MINUTE
-from .mail_routes import OPENAPI_PATHS as MAIL_LINK_PATHS
-from .settings import Settings
-from .submissions import EMAIL_MAX, ID_MAX, MESSAGE_MAX, PAGE_MAX
+from form_handler.web.bodies import MAX_FIELDS
+from form_handler.web.limits import ADMIN_FAILURES_PER_MINUTE
+from form_handler.web.mail_routes import OPENAPI_PATHS as MAIL_LINK_PATHS
+from form_handler.settings import Settings
+from form_handler.consent.submissions import EMAIL_MAX, ID_MAX, MESSAGE_MAX, PAGE_MAX
 
 
 def _ref(name: str) -> dict[str, str]:

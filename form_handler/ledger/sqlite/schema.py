@@ -9,8 +9,8 @@ from typing import Any
 
 import apsw
 
-from .addresses import email_key
-from .ledger_types import LedgerError
+from form_handler.consent.addresses import email_key
+from form_handler.ledger.types import LedgerError
 
 # Older SQLite has the WAL-reset bug that can corrupt a database written by several processes.
 SQLITE_MINIMUM = (3, 51, 3)
