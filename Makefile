@@ -37,7 +37,7 @@ browser-deps:
 	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm install --no-audit --no-fund --loglevel=error; fi
 
 site: install
-	$(BIN)/mkdocs build --strict
+	$(BIN)/policy-site build --strict
 
 # Always rebuild, so the served site matches docs/ (serve alone builds only when site/ is missing).
 run: site

@@ -290,5 +290,58 @@ def keys_rotate(until: datetime) -> None:
                "Restart every service instance now.")
 
 
+_GENERATOR = click.option(
+    "--generator", type=click.Choice(["mkdocs", "zensical"]), default=None,
+    help="Site generator (default: MkDocs while it is installed, else Zensical).",
+)
+_CONFIG_FILE = click.option(
+    "-f", "--config-file", type=click.Path(dir_okay=False, path_type=Path), default=Path("mkdocs.yml"),
+    show_default=True, help="The site's mkdocs.yml.",
+)
+
+
+@cli.command()
+@_CONFIG_FILE
+@_GENERATOR
+@click.option("-d", "--site-dir", type=click.Path(file_okay=False, path_type=Path), help="Where to write the site.")
+@click.option("--strict", is_flag=True, help="Fail on warnings: an unrecorded edit, an unused pattern, no site_url.")
+def build(config_file: Path, generator: str | None, site_dir: Path | None, strict: bool) -> None:
+    """Build the policy site with MkDocs or Zensical: banner, history, feed, manifest, form and page shell.
+
+    Example:
+
+        policy-site build --strict --generator zensical
+    """
+    from site_src import build as site_build
+
+    site_build.setup_logging()
+    try:
+        site_build.build(config_file, generator=generator, site_dir=site_dir, strict=strict)
+    except site_build.BuildError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@cli.command()
+@_CONFIG_FILE
+@_GENERATOR
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+def preview(config_file: Path, generator: str | None, host: str, port: int) -> None:
+    """Serve a live preview for writers, rebuilt on every save (banner, history, unrecorded-edit warnings).
+
+    Example:
+
+        policy-site preview --generator zensical
+    """
+    from site_src import build as site_build
+    from site_src.preview import preview as run_preview
+
+    site_build.setup_logging()
+    try:
+        run_preview(config_file, generator=generator, host=host, port=port)
+    except site_build.BuildError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def main() -> None:
     cli()

@@ -1,9 +1,10 @@
 """What the plugin tells the history worker, and what the worker answers (plain, picklable data; pure).
 
 The plugin sends a SiteInfo once the site's files are known, one PolicySource per policy page as MkDocs
-converts it, and a Finish once every record is known (the banner depends on all of them). The worker answers
-twice: Statuses at once (what each policy page's status line says, which MkDocs needs before it renders the
-pages), then one Outcome after it has written the change history pages, the past versions and the feed.
+converts it, and a Finish once every record is known. The worker answers Statuses at once (what each policy
+page's status line says, which the generator needs before it renders the pages); then the plugin sends the
+ShellSource (the 404 page the generator rendered, banner included: the history pages are put in its shell),
+and the worker answers one Outcome after it has written the change history pages, the past versions and the feed.
 """
 
 from __future__ import annotations
@@ -83,11 +84,19 @@ class PolicySource:
 
 @dataclass(frozen=True)
 class Finish:
-    """Sent once every policy is known: the banner HTML for each relative base URL, the feed's settings."""
+    """Sent once every policy is known: the feed's settings and the build date."""
 
-    banners: Mapping[str, str]  # base_url ("../..") -> banner HTML ("" when no change is active)
     feed_url: str | None  # changes.xml, relative to the site root; None: no feed (no site_url)
     build_date: dt.date
+
+
+@dataclass(frozen=True)
+class ShellSource:
+    """Sent after Finish: a page the generator rendered (its 404 page), whose shell every history page takes."""
+
+    html: str | None  # None: there is none (the error says why)
+    page_url: str = "404.html"
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Runs in the history worker (history_worker.py), beside MkDocs: each policy's timeline is worked out as soon as
 MkDocs has read the page (add), its redlines and version HTML whenever the worker has nothing more urgent to do
 (prepare, or guess before MkDocs hands the page over), and the pages are written once the banner is known
-(finish). Past versions are not MkDocs pages, so the search index never holds superseded text.
+(finish). Past versions are not MkDocs pages, so the search index never holds superseded text. Each page is the site's
+own shell (shell.py: the 404 page the generator rendered, its title and content area left open) around content
+rendered here, so the history looks like every other page of the site.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,19 +25,20 @@ from markupsafe import Markup, escape
 from .banner import human_date
 from .feed import FEED_NAME, FeedPolicy, build_feed, change_anchor, day_indexes
 from .history import FileHistory, Revision
-from .history_job import Finish, Outcome, PolicyOutcome, PolicySource, SiteInfo, Statuses, changes_url, history_base
+from .history_job import Finish, Outcome, PolicyOutcome, PolicySource, ShellSource, SiteInfo, Statuses, changes_url
+from .history_job import history_base
 from .history_job import versions_url
 from .markdown_render import VersionRenderer, site_root
 from .policy_pages import PolicyPatterns, path_policy_id, renamed_id_error
 from .records import ChangeRecord, load_meta, parse_policy_meta
 from .redline import redline_html
+from .shell import Shell, make_shell
 from .status import PolicyStatus, status_from_versions
 from .timeline import PastVersion, Timeline, build_timeline
 from .versions import HistoryChange, policy_version, split_front_matter
 
 TEMPLATES = Path(__file__).parent / "templates"
-# Stands in for the banner when pages are rendered before it is known; a NUL never occurs in our HTML.
-_BANNER_GAP = "\x00policy-banner\x00"
+HISTORY_CSS = "assets/policy/history.css"
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,17 @@ class _Prepared:
     versions: tuple[PastVersion, ...]
     bodies: tuple[Markup, ...]
     outcome: PolicyOutcome
-    rendered: list[_Rendered] = field(default_factory=list)  # every page of the policy, banner left out
+    rendered: list[_Rendered] = field(default_factory=list)  # the content of every page of the policy
 
 
 @dataclass(frozen=True)
 class _Rendered:
-    """A page rendered before the banner was known: its HTML before and after the banner."""
+    """A page's content, rendered before the shell is known, with its title and description."""
 
     url: str
-    base: str  # the page's relative base URL, which picks the banner
-    head: bytes
-    tail: bytes
+    title: str
+    description: str
+    content: bytes
 
 
 def _environment() -> jinja2.Environment:
@@ -98,20 +101,6 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["policy_date"] = human_date
     return env
-
-
-def _base_url(page_url: str) -> str:
-    """MkDocs' base_url for a page at ``page_url``: ``../..`` for ``privacy/changes/``."""
-    return site_root(page_url).rstrip("/") or "."
-
-
-def banner_bases(policy_urls: list[str]) -> set[str]:
-    """The relative base URLs of every generated page of these policies (the banner is rendered once for each)."""
-    bases = set()
-    for url in policy_urls:
-        bases.add(_base_url(changes_url(url)))
-        bases.add(_base_url(history_base(url) + "versions/0000-00-00/"))
-    return bases
 
 
 class HistorySite:
@@ -241,8 +230,8 @@ class HistorySite:
         return _Content(content.source, records, content.url, timeline, tuple(changes), tuple(Markup(b) for b in bodies))
 
     def prepare(self) -> bool:
-        """Prepare the pages of the next policy added (redlines, version HTML, pages rendered but for the banner);
-        False when none is waiting."""
+        """Prepare the pages of the next policy added (redlines, version HTML, the content of each page); False
+        when none is waiting."""
         if not self._waiting:
             return False
         timed = self._waiting.popleft()
@@ -250,7 +239,8 @@ class HistorySite:
         assert content.changes is not None
         prepared = _Prepared(timed.policy, content.changes, content.timeline.versions, content.bodies, timed.outcome)
         began = time.perf_counter()
-        self._prerender(prepared)
+        if self.site.build_date is not None:
+            prepared.rendered = list(self._pages(prepared, self.site.build_date, self.site.feed_url))
         self.timings["render"] += time.perf_counter() - began
         self._prepared.append(prepared)
         # Make the folders now, while MkDocs still renders: on a busy or just-emptied disk each mkdir can take
@@ -259,23 +249,35 @@ class HistorySite:
             os.makedirs(os.path.join(self.site.site_dir, url), exist_ok=True)
         return True
 
-    def finish(self, finish: Finish) -> Outcome:
-        """Write every change history page, every version page and the feed; say what each policy's versions are."""
+    def finish(self, finish: Finish, shell: ShellSource) -> Outcome:
+        """Write every change history page and every version page into the site's own shell (the page the
+        generator rendered, ``shell``), and the feed; say what each policy's versions are."""
         while self.prepare():
             pass
+        if shell.html is None:
+            return Outcome(error=shell.error or "the generator rendered no 404 page to take the history pages' shell from.")
         began = time.perf_counter()
         written = 0
-        # Pages rendered in prepare() only need their banner put in; any other page is rendered here.
+        shells_by_root: dict[str, Shell] = {}  # by the page's depth ("../../"): one shell for its URLs
+
+        def around(url: str, title: str, description: str) -> tuple[bytes, bytes]:
+            root = site_root(url)
+            parsed = shells_by_root.get(root)
+            if parsed is None:
+                parsed = shells_by_root[root] = Shell.parse(make_shell(
+                    shell.html or "", shell.page_url, site_url=self.site.site_url, target_url=url, description=True,
+                    extra_head=f'  <link rel="stylesheet" href="{root}{HISTORY_CSS}">\n  ',
+                ))
+            before, after = parsed.around(f"{title} - {self.site.site_name}", description)
+            return before.encode("utf-8"), after.encode("utf-8")
+
+        # Pages rendered in prepare() are used as they are; any other page is rendered here.
         early = finish.build_date == self.site.build_date and finish.feed_url == self.site.feed_url
-        banners = {base: _banner_block(html).encode("utf-8") for base, html in finish.banners.items()}
         for prepared in self._prepared:
-            if early and prepared.rendered:
-                for page in prepared.rendered:
-                    _write_file(os.path.join(self.site.site_dir, page.url), page.head, banners.get(page.base, b""), page.tail)
-                    written += 1
-                continue
-            for url, html in self._html(prepared, finish.build_date, finish.banners, finish.feed_url):
-                _write_file(os.path.join(self.site.site_dir, url), html.encode("utf-8"))
+            pages = prepared.rendered if early and prepared.rendered else self._pages(prepared, finish.build_date, finish.feed_url)
+            for page in pages:
+                before, after = around(page.url, page.title, page.description)
+                _write_file(os.path.join(self.site.site_dir, page.url), before, page.content, after)
                 written += 1
         if finish.feed_url is not None:
             write_feed(self.site, [p.policy for p in self._prepared], finish.build_date, history=True)
@@ -284,83 +286,53 @@ class HistorySite:
         self.timings["worker_cpu"] = time.process_time()  # the worker process's whole CPU time so far
         return Outcome(tuple(p.outcome for p in self._prepared), written, timings=dict(self.timings))
 
-    def _prerender(self, prepared: _Prepared) -> None:
-        """Render a policy's pages now, while MkDocs still reads pages, leaving a gap for the banner (which
-        needs every policy's records, so it only comes with Finish)."""
-        build_date = self.site.build_date
-        if build_date is None:
-            return
-        for url, html in self._html(prepared, build_date, {}, self.site.feed_url, gap=True):
-            if html.count(_BANNER_GAP) != 1:
-                prepared.rendered = []  # cannot happen with our templates; finish() renders them whole
-                return
-            head, _, tail = html.partition(_BANNER_GAP)
-            prepared.rendered.append(_Rendered(url, _base_url(url), head.encode("utf-8"), tail.encode("utf-8")))
-
-    def _render(self, url: str, template: str, context: dict[str, object], banner: str, feed_url: str | None, build_date: dt.date) -> str:
-        """``banner`` is the banner's HTML (or _BANNER_GAP), put in its <aside>."""
+    def _render(self, url: str, template: str, context: dict[str, object], feed_url: str | None, build_date: dt.date) -> str:
+        """The content of one page (what goes in the shell's content area); links start from ``root``."""
         root = site_root(url)
         return self._env.get_template(template).render(
-            site=self.site, root=root, banner=Markup(_banner_block(banner)), feed_href=None if feed_url is None else root + feed_url,
-            build_date=build_date, **context,
+            site=self.site, root=root, feed_href=None if feed_url is None else root + feed_url, build_date=build_date, **context,
         )
 
-    def _html(
-        self, prepared: _Prepared, build_date: dt.date, banners: Mapping[str, str], feed_url: str | None, *, gap: bool = False
-    ) -> Iterator[tuple[str, str]]:
-        """(url, HTML) of every page of a policy: its change history, its list of versions and each version.
-        ``banners`` maps a page's base URL to its banner; with ``gap``, every page gets _BANNER_GAP instead."""
-
-        def banner(url: str) -> str:
-            return _BANNER_GAP if gap else banners.get(_base_url(url), "")
-
+    def _pages(self, prepared: _Prepared, build_date: dt.date, feed_url: str | None) -> Iterator[_Rendered]:
+        """The content of every page of a policy: its change history, its list of versions and each version."""
         policy, versions = prepared.policy, prepared.versions
         history, listing = changes_url(policy.url), versions_url(policy.url)
         common: dict[str, object] = dict(policy=policy, versions=versions, changes_url=history, versions_url=listing)
-        yield history, self._render(history, "changes.html", dict(
-            common, changes=prepared.changes, title=f"{policy.title}: change history",
-            description=f"Every change to the {policy.title}, newest first, with the words removed and added.",
-        ), banner(history), feed_url, build_date)
-        yield listing, self._render(listing, "versions.html", dict(
-            common, title=f"{policy.title}: all versions",
-            description=f"Every text the {policy.title} has had, newest first, each with the dates it applied.",
-        ), banner(listing), feed_url, build_date)
+        yield _Rendered(
+            history, f"{policy.title}: change history",
+            f"Every change to the {policy.title}, newest first, with the words removed and added.",
+            self._render(history, "changes.html", dict(common, changes=prepared.changes), feed_url, build_date).encode("utf-8"),
+        )
+        yield _Rendered(
+            listing, f"{policy.title}: all versions",
+            f"Every text the {policy.title} has had, newest first, each with the dates it applied.",
+            self._render(listing, "versions.html", common, feed_url, build_date).encode("utf-8"),
+        )
         if not versions:
             return
         # Hundreds of version pages differ only in a few fields: render version.html once per policy with a marker
         # in each (_VERSION_MARKERS), then fill them in for each version (a tenth of the time of a Jinja run each).
-        skeleton = _MARKER.split(self._render(
-            versions[0].url, "version.html", dict(common, **_VERSION_MARKERS), banner(versions[0].url), feed_url, build_date
-        ))
+        skeleton = _MARKER.split(self._render(versions[0].url, "version.html", dict(common, **_VERSION_MARKERS), feed_url, build_date))
         for i, (version, body) in enumerate(zip(versions, prepared.bodies)):
             status, notice = _status(version, versions[i - 1] if i else None, build_date)
             when = _version_date(version)
             fields = {
-                "title": escape(f"{policy.title}, version of {when}"),
-                "description": escape(f"The {policy.title} as in force from {when}. {status}."),
                 "kind": "info" if version.current else "warning",
                 "status": escape(status),
                 "notice": escape(notice),
                 "heading": "" if "<h1" in body else f"<h1>{escape(policy.title)}</h1>",
                 "body": body,
             }
-            yield version.url, "".join(fields[part] if n % 2 else part for n, part in enumerate(skeleton))
+            content = "".join(fields[part] if n % 2 else part for n, part in enumerate(skeleton))
+            yield _Rendered(
+                version.url, f"{policy.title}, version of {when}", f"The {policy.title} as in force from {when}. {status}.",
+                content.encode("utf-8"),
+            )
 
 
 # The fields of version.html that differ between a policy's versions, as markers (a NUL never occurs in our HTML).
-_VERSION_MARKERS = {name: Markup(f"\x00{name}\x00") for name in ("title", "description", "kind", "status", "notice", "heading", "body")}
+_VERSION_MARKERS = {name: Markup(f"\x00{name}\x00") for name in ("kind", "status", "notice", "heading", "body")}
 _MARKER = re.compile("\x00(" + "|".join(_VERSION_MARKERS) + ")\x00")
-
-
-def _banner_block(banner: str) -> str:
-    """The banner in the announcement bar of a history page ("" when no change is announced). The gap left for a
-    banner not known yet stays bare, so that an empty banner fills it with nothing."""
-    if not banner or banner == _BANNER_GAP:
-        return banner
-    return (
-        '\n    <aside class="md-banner" aria-label="Policy changes">\n'
-        f'      <div class="md-banner__inner md-grid md-typeset">{banner}</div>\n    </aside>'
-    )
 
 
 def history_anchor(day: dt.date, same_day: int = 1) -> str:

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 # Nothing of the core at module level: the worker starts `git log` before it imports the rest (history_job alone
 # pulls in YAML, difflib and more: ~0.1 s of a worker that is on the build's critical path).
 if TYPE_CHECKING:
-    from .history_job import Finish, Outcome, PolicySource, SiteInfo, Statuses
+    from .history_job import Finish, Outcome, PolicySource, ShellSource, SiteInfo, Statuses
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 # Fork where that is safe and cheap: the worker then starts at once, with every module already imported (a fresh
@@ -65,13 +65,14 @@ class HistoryWorker:
         self._statuses: Statuses | None = None
         self._exit_status: int | None = None
         self._done = False  # the Outcome came: the worker exits by itself
+        self._shell_sent = False
         if hasattr(fcntl, "F_SETPIPE_SZ"):
             try:  # room for every message of a large site, so the plugin never waits for the worker to read
                 fcntl.fcntl(self._to, fcntl.F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
 
-    def send(self, message: SiteInfo | PolicySource | Finish) -> None:
+    def send(self, message: SiteInfo | PolicySource | Finish | ShellSource) -> None:
         """Queue a message for the worker (it reads continuously, so this does not wait for its work)."""
         if self._broken or self._to.closed:
             return
@@ -87,16 +88,24 @@ class HistoryWorker:
         if self._statuses is None:
             from .history_job import Statuses
 
-            self._close_input()
             answer = self._answer()
             self._statuses = answer if isinstance(answer, Statuses) else Statuses(history=False)
         return self._statuses
 
+    def send_shell(self, shell: ShellSource) -> None:
+        """Send the page whose shell the history pages take, the last message: the worker now writes its pages."""
+        if self._shell_sent:
+            return
+        self._shell_sent = True
+        self.send(shell)
+        self._close_input()
+
     def result(self) -> Outcome:
-        """Wait for the worker to write the pages and return what it found."""
-        from .history_job import Outcome
+        """Wait for the worker to write the pages and return what it found (send_shell first)."""
+        from .history_job import Outcome, ShellSource
 
         self.statuses()
+        self.send_shell(ShellSource(None, error="the generator rendered no 404 page to take the history pages' shell from."))
         outcome = self._answer()
         if isinstance(outcome, Outcome):
             self._done = True
@@ -170,13 +179,13 @@ def _fork(root: Path, docs: Path | None) -> tuple[int, IO[bytes], IO[bytes]]:
 def _read_messages(stream: IO[bytes], inbox: queue.Queue[Any]) -> None:
     # Reading in a thread keeps the plugin's pipe drained while the main thread works.
     # It stops after Finish: a thread still blocked on stdin would stall the interpreter's shutdown.
-    from .history_job import Finish
+    from .history_job import ShellSource
 
     try:
         while True:
             message = pickle.load(stream)  # noqa: S301 - our parent process, over a private pipe
             inbox.put(message)
-            if isinstance(message, Finish):
+            if isinstance(message, ShellSource):
                 return
     except BaseException:  # noqa: BLE001 - end of input, or a message this worker cannot read: stop, never hang
         inbox.put(None)
@@ -203,11 +212,12 @@ def serve(repo_root: Path, stdin: IO[bytes], stdout: IO[bytes], docs_dir: Path |
         startup_error = str(exc)
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read_messages, args=(stdin, inbox), daemon=True).start()
-    from .history_job import Finish, Outcome, PolicySource, SiteInfo, Statuses
+    from .history_job import Finish, Outcome, PolicySource, ShellSource, SiteInfo, Statuses
     from .history_pages import HistorySite
 
     error = None if startup_error is None else Outcome(error=startup_error, history_unavailable=True)
     answered = False  # the Statuses went out: the next answer is the Outcome
+    finish: Finish | None = None
 
     site: HistorySite | None = None
     while True:
@@ -221,7 +231,7 @@ def serve(repo_root: Path, stdin: IO[bytes], stdout: IO[bytes], docs_dir: Path |
                 message = inbox.get()
             if message is None:
                 return 1  # the plugin went away mid-build
-            if error is not None and not isinstance(message, Finish):
+            if error is not None and not isinstance(message, (Finish, ShellSource)):
                 continue  # keep reading so that the plugin never blocks on a full pipe
             if isinstance(message, SiteInfo):
                 missing = [Path(p) for p in message.history_paths if Path(p) not in reader.requested]
@@ -232,17 +242,24 @@ def serve(repo_root: Path, stdin: IO[bytes], stdout: IO[bytes], docs_dir: Path |
                 assert site is not None, "SiteInfo comes first"
                 site.add(message)
             elif isinstance(message, Finish):
+                finish = message
                 statuses = site.statuses() if site is not None and error is None else Statuses(history=False)
                 _send(stdout, statuses)
                 answered = True
-                _send(stdout, error or (site.finish(message) if site is not None else Outcome()))
+            elif isinstance(message, ShellSource):
+                if finish is None:
+                    raise RuntimeError("the page shell came before Finish")
+                _send(stdout, error or (site.finish(finish, message) if site is not None else Outcome()))
                 return 0
         except HistoryUnavailable as exc:
             error = Outcome(error=str(exc), history_unavailable=True)
         except Exception as exc:  # noqa: BLE001 - reported to the plugin, which fails the build with it
             traceback.print_exc()
             error = Outcome(error=f"the change history could not be built ({type(exc).__name__}: {exc}).")
-        if isinstance(message, Finish):  # the error came on the way to the answers: the plugin still expects them
+        if isinstance(message, Finish) and not answered:  # the error came on the way to the answers
+            _send(stdout, Statuses(history=False))
+            answered = True
+        if isinstance(message, ShellSource):  # the plugin still expects the Outcome
             if not answered:
                 _send(stdout, Statuses(history=False))
             _send(stdout, error or Outcome(error="the change history worker stopped without an answer."))

@@ -4,7 +4,9 @@ records.py validates change records, policy_pages.py finds policy pages by the `
 them ids, versions.py hashes policy text and writes the manifest, banner.py decides which changes every page
 announces, and the history worker (history_worker.py, in a second process) works out each policy's versions
 (from change records, and with `adopted` from git history too) and writes its change history, its past versions
-and the feed while MkDocs renders the site; status.py turns its first answer into each policy page's status line. The theme
+and the feed while MkDocs renders the site (each history page in the shell of the 404 page, which MkDocs renders
+first: shell.py); status.py turns its first answer into each policy page's status line. policy-shell.html, the
+same shell with absolute URLs, is written for the feedback service. The theme
 overrides (overrides/) and assets (assets/) ship in this package, so a site enables the plugin and copies no
 templates.
 """
@@ -36,13 +38,15 @@ from .banner import BuildDateError, PolicyChanges, active_changes, build_date, h
 from .config import PolicyConfig
 from .feed import FEED_NAME
 from .history import HistoryUnavailable, locate_repository
-from .history_job import Finish, Outcome, PolicySource, SiteInfo, Statuses, changes_url, versions_url
-from .history_pages import banner_bases, write_feed
+from .history_job import Finish, Outcome, PolicySource, ShellSource, SiteInfo, Statuses, changes_url
+from .history_pages import write_feed
 from .history_worker import HistoryWorker
-from .markdown_render import relative_url
+from .partials import FeedbackForm, render_status
+from .policy_build import NO_SITE_URL, PolicyBuildError, adoption_date, feedback_form, unrecorded_edit, unused_pattern
 from .policy_pages import PatternError, PolicyPatterns, path_policy_id
 from .records import PolicyMeta, RecordError, check_unique_policy_ids, load_meta, parse_policy_meta
 from .redline import REDLINE_CSS
+from .shell import SHELL_NAME, ShellError, make_shell
 from .status import PolicyStatus, insert_status, status_from_records
 from .versions import MANIFEST_NAME, HistoryChange, Policy, VersionEntry, build_manifest, dump_manifest
 from .versions import policy_version, split_front_matter
@@ -56,20 +60,7 @@ ASSETS = {"assets/policy/policy.css": HERE / "assets" / "policy.css", "assets/po
 THEME_PREFIX = "theme"
 FORM_TEMPLATE = "feedback.html"
 BANNER_TEMPLATE = "partials/policy-banner.html"
-STATUS_TEMPLATE = "partials/policy-status.html"
 HISTORY_CSS = "assets/policy/history.css"
-
-
-@dataclass(frozen=True)
-class FeedbackForm:
-    """What the feedback form template needs: where to post, and which policy version the visitor consents to."""
-
-    action: str
-    withdraw_action: str
-    policy_id: str
-    policy_version: str
-    policy_title: str
-    policy_url: str
 
 
 @dataclass
@@ -102,6 +93,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self._site: SiteInfo | None = None
         self.outcome: Outcome | None = None  # what the history worker reported (timings for the bench)
         self._today: dt.date | None = None
+        self._shell_page: str | None = None  # the 404 page as the theme rendered it: the site's page shell
 
     def on_config(self, config: MkDocsConfig) -> MkDocsConfig:
         """Put the shipped overrides after the site's own custom_dir and before the theme, add our CSS, and start
@@ -118,7 +110,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         config.extra_css.append("assets/policy/policy.css")
         self.feed_url = FEED_NAME if config.site_url else None
         if self.feed_url is None:
-            log.warning(f"mkdocs.yml: site_url is not set, so the change feed {FEED_NAME} cannot be built; set site_url to the site's address.")
+            log.warning(NO_SITE_URL.format(feed=FEED_NAME))
         self._start_history(Path(config.config_file_path or "mkdocs.yml").resolve().parent, config.docs_dir)
         return config
 
@@ -142,6 +134,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self._form_pages = []
         self._statuses = {}
         self._env = None
+        self._shell_page = None
 
     def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
         """Ship the plugin's CSS and JavaScript with the site, and tell the history worker about the site."""
@@ -149,7 +142,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             files.append(File.generated(config, uri, abs_src_path=str(path)))
         pages = files.documentation_pages()
         for pattern in self._patterns.unused(f.src_uri for f in pages):
-            log.warning(f"mkdocs.yml: the policies pattern {pattern!r} matches no page in {config.docs_dir}; correct it or remove it.")
+            log.warning(unused_pattern(pattern, config.docs_dir))
         if self._worker is None:
             return files
         files.append(File.generated(config, HISTORY_CSS, content=REDLINE_CSS + HERE.joinpath("assets", "history.css").read_text()))
@@ -240,8 +233,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         env.globals["policy_banner_html"] = banner_html
         statuses = Statuses(history=False)
         if self._worker is not None:
-            bases = banner_bases([p.page.url for p in self._pages])
-            self._worker.send(Finish({b: str(banner_html(b)) for b in sorted(bases)}, self.feed_url, today))
+            self._worker.send(Finish(self.feed_url, today))
             began = time.perf_counter()
             statuses = self._worker.statuses()
             log.debug(f"Waited {time.perf_counter() - began:.2f} s for the status lines.")
@@ -263,23 +255,17 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         status = self._statuses.get(page.file.src_uri)
         if status is None or self._env is None or page.content is None or self._today is None:
             return context
-        history = self.history_pages and status.versions > 0
-
-        def href(target: str) -> str:
-            return relative_url(target, page.url)
-
-        links = []
-        if history:
-            links.append((href(changes_url(page.url)), "Change history"))
-            links.append((href(versions_url(page.url)), f"All versions ({status.versions})"))
-        if self.feed_url is not None:
-            links.append((href(self.feed_url), "Changes feed (Atom)"))
-        html = self._env.get_template(STATUS_TEMPLATE).render(
-            status=status, upcoming=status.upcoming(self._today), links=links,
-            in_force_href=href(status.in_force[1]) if history and status.in_force else None,
-        )
+        html = render_status(self._env, status, page.url, self._today, history=self.history_pages, feed_url=self.feed_url)
         page.content = insert_status(page.content, html)
         return context
+
+    def on_post_template(self, output_content: str, *, template_name: str, config: MkDocsConfig) -> str:
+        """Keep the 404 page as rendered (the first page MkDocs renders): the history pages take its shell."""
+        if template_name == "404.html":
+            self._shell_page = output_content
+            if self._worker is not None:
+                self._worker.send_shell(ShellSource(output_content))
+        return output_content
 
     def on_post_build(self, *, config: MkDocsConfig) -> None:
         """Collect the change history from the worker, warn about unrecorded edits, write the manifest and the feed."""
@@ -296,6 +282,17 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             write_feed(_plain_site(config), [self._source(p) for p in self._pages], today, history=False)
         manifest = build_manifest(self.policies())
         Path(config.site_dir, MANIFEST_NAME).write_text(dump_manifest(manifest), encoding="utf-8")
+        self._write_shell(config)
+
+    def _write_shell(self, config: MkDocsConfig) -> None:
+        """Write policy-shell.html, the site's page shell for the form service (shell.py)."""
+        if self._shell_page is None:
+            raise PluginError(f"policy: the theme rendered no 404.html to make {SHELL_NAME} from; use the Material theme.")
+        try:
+            shell = make_shell(self._shell_page, "404.html", site_url=config.site_url)
+        except ShellError as e:
+            raise PluginError(f"policy: {e}") from None
+        Path(config.site_dir, SHELL_NAME).write_text(shell, encoding="utf-8")
 
     def on_build_error(self, *, error: Exception) -> None:
         """Stop the history worker when the build fails part-way."""
@@ -314,11 +311,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             self.history_changes[result.policy_id] = result.history_changes
             if result.unrecorded_diff is not None:
                 # A warning, so that `mkdocs build --strict` fails: MkDocs counts warnings up to the end of on_post_build.
-                log.warning(
-                    f"{result.display_path}: the policy text differs from the version its latest change record introduced, "
-                    "and no new change record says why; add a record to changes (material: false for an editorial "
-                    f"fix). What differs:\n{result.unrecorded_diff}"
-                )
+                log.warning(unrecorded_edit(result.display_path, result.unrecorded_diff))
         log.debug(f"Change history: {outcome.pages_written} pages; timings {dict(outcome.timings)}")
 
     def _close_worker(self) -> None:
@@ -353,18 +346,14 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         return PolicyChanges(p.meta.policy_id, _title(p.page), p.page.url, p.meta.changes, history)
 
     def _feedback_form(self) -> FeedbackForm | None:
-        wanted = self.config.consent_policy
-        for p in self._pages:
-            if p.meta.policy_id == wanted:
-                return FeedbackForm(
-                    self.config.form_endpoint, self.config.withdraw_endpoint, wanted, p.version, _title(p.page), p.page.url
-                )
-        if self._form_pages:
-            raise PluginError(
-                f"{self._form_pages[0]}: the feedback form asks for consent to policy {wanted!r}, but no page has "
-                f"policy_id: {wanted}; add it to that policy page or set the plugin option consent_policy."
+        try:
+            return feedback_form(
+                ((p.meta.policy_id, p.version, _title(p.page), p.page.url) for p in self._pages), self._form_pages,
+                consent_policy=self.config.consent_policy, action=self.config.form_endpoint,
+                withdraw_action=self.config.withdraw_endpoint,
             )
-        return None
+        except PolicyBuildError as e:
+            raise PluginError(str(e)) from None
 
 
 def _front_matter(parsed: Mapping[str, Any], markdown: str, meta_text: str | None, path: str) -> Mapping[str, Any]:
@@ -413,17 +402,10 @@ def _holds_date(value: Any) -> bool:
 
 
 def _adoption_date(value: object) -> dt.date | None:
-    """The `adopted` option as a date (YAML gives a date for 2024-06-01 unquoted, text when quoted)."""
-    if value is None:
-        return None
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
-        try:
-            return dt.date.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise PluginError(f"policy: adopted must be a date written YYYY-MM-DD (the day the site takes over), got {value!r}.")
+    try:
+        return adoption_date(value)
+    except PolicyBuildError as e:
+        raise PluginError(str(e)) from None
 
 
 def _display_path(page: Page, config: MkDocsConfig) -> str:

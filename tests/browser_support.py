@@ -51,16 +51,38 @@ def require_browser() -> None:
 _built: dict[str, Path] = {}
 
 
-def demo_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site with an active change, built once per session (a fresh copy per caller is the caller's job)."""
-    if "site" not in _built:
+def demo_site(tmp_path_factory: pytest.TempPathFactory, generator: str = "mkdocs") -> Path:
+    """The site with an active change, built once per session and generator (`mkdocs build` with the plugin, or
+    `policy-site build --generator zensical`); a fresh copy per caller is the caller's job."""
+    key = "site" if generator == "mkdocs" else f"site-{generator}"
+    if key not in _built:
         work = tmp_path_factory.mktemp("demo")
         repo = make_change_repo(work / "repo")
         try:
-            _built["site"] = build_site(repo, work / "site", "http://127.0.0.1:8000/")
+            if generator == "mkdocs":
+                _built[key] = build_site(repo, work / "site", "http://127.0.0.1:8000/")
+            else:
+                _built[key] = build_site_with(generator, repo, work / "site", "http://127.0.0.1:8000/")
         except RuntimeError as e:
             pytest.fail(str(e), pytrace=False)
-    return _built["site"]
+    return _built[key]
+
+
+def build_site_with(generator: str, repo: Path, site_dir: Path, base_url: str) -> Path:
+    """As scripts.demo_site.build_site, with `policy-site build --strict --generator GENERATOR`."""
+    import subprocess
+
+    from scripts.demo_site import SOURCE_DATE_EPOCH
+
+    env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "POLICY_SITE_URL": base_url.rstrip("/") + "/"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "site_src.build", "--strict", "--generator", generator, "-f", str(repo / "mkdocs.yml"),
+         "-d", str(site_dir)], cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"policy-site build --generator {generator} failed in {repo}:\n{done.stdout}{done.stderr}")
+    return site_dir
 
 
 def start_server(site_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -76,6 +98,12 @@ def start_server(site_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from start_server(demo_site(tmp_path_factory), tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=["mkdocs", "zensical"])
+def site_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`server` over the demo site built by each generator in turn (the site's browser tests run under both)."""
+    yield from start_server(demo_site(tmp_path_factory, str(request.param)), tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

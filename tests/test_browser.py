@@ -1,4 +1,5 @@
 """End to end in headless Chromium against the real `policy-site serve`, the week after a policy changed.
+The site's own checks (banner, history, axe, CSP) run against the site built by each generator (site_server).
 
 One server and one browser for the module. Every visit records its requests and must stay on 127.0.0.1 and
 leave no cookie (browser_support.visit). The checks themselves are proven able to fail in
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from browser_support import (
     ARTIFACTS, FIELDS, ShownReceipt, axe_violations, read_receipt, wait_for_receipt, banner_problems, error_problems, format_violations,
-    browser, fill_form, server, settle, site_paths, submit_feedback, visit, watch_console, withdraw_shown,
+    browser, fill_form, server, settle, site_paths, site_server, submit_feedback, visit, watch_console, withdraw_shown,
 )
 
 from form_handler.web.pages import CONFIRMATION_SENTENCE, CONFIRMATION_WAITS
@@ -39,7 +40,8 @@ def _assert_export_matches(server: Server, shown: ShownReceipt, ticked: tuple[st
     assert consent["withdrawn"] is True
 
 
-def test_banner_visible_on_every_page_including_404(server: Server, browser: Any) -> None:
+def test_banner_visible_on_every_page_including_404(site_server: Server, browser: Any) -> None:
+    server = site_server  # the site built by each generator
     paths = site_paths(server.site_dir)
     assert {"", "privacy/", "feedback/", "404.html"} <= set(paths), paths
     with visit(browser) as v:
@@ -50,7 +52,8 @@ def test_banner_visible_on_every_page_including_404(server: Server, browser: Any
         page.screenshot(path=str(ARTIFACTS / "home-with-banner.png"), full_page=True)
 
 
-def test_banner_link_leads_to_change_history(server: Server, browser: Any) -> None:
+def test_banner_link_leads_to_change_history(site_server: Server, browser: Any) -> None:
+    server = site_server  # the site built by each generator
     history = server.base_url + "privacy/changes/"
     with visit(browser) as v:
         page = v.context.new_page()
@@ -130,7 +133,8 @@ def test_keyboard_only_refusal_is_announced_then_submission_succeeds(server: Ser
 
 @pytest.mark.parametrize("which", ["home", "policy", "changes", "past version", "feedback", "receipt",
                                    "inline receipt"])
-def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> None:
+def test_axe_finds_no_violations(site_server: Server, browser: Any, which: str) -> None:
+    server = site_server  # the site built by each generator
     policy = _policy(server.site_dir)
     past = [v["url"] for v in policy["versions"] if not v["current"]]
     urls = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "feedback": "feedback/",
@@ -161,7 +165,8 @@ def test_axe_finds_no_violations(server: Server, browser: Any, which: str) -> No
 
 @pytest.mark.parametrize("which", ["home", "policy", "changes", "past version", "feedback", "receipt",
                                    "inline receipt"])
-def test_no_page_breaks_the_content_security_policy_or_logs_an_error(server: Server, browser: Any, which: str) -> None:
+def test_no_page_breaks_the_content_security_policy_or_logs_an_error(site_server: Server, browser: Any, which: str) -> None:
+    server = site_server  # the site built by each generator
     past = [v["url"] for v in _policy(server.site_dir)["versions"] if not v["current"]]
     urls = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "past version": past[0] if past else "",
             "feedback": "feedback/"}

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from gitrepo import GitRepo
 
-from site_src.history_job import Finish, PolicySource, SiteInfo
+from site_src.history_job import Finish, PolicySource, ShellSource, SiteInfo
 from site_src.history_worker import HistoryWorker
 
 BUILD = dt.date(2024, 9, 1)
 MODES = pytest.mark.parametrize("fork", [True, False], ids=["fork", "spawn"])
+# The least of a page the generator rendered that the history pages can take their shell from.
+SHELL_PAGE = '<html><head><title>Test</title></head><body><article class="md-content__inner md-typeset"><h1>404</h1></article></body></html>'
 
 
 def _site(root: Path, out: Path) -> SiteInfo:
@@ -36,16 +38,33 @@ def test_worker_answers_the_status_lines_then_writes_the_pages(tmp_path: Path, f
     repo.commit("2024-03-01", {"docs/privacy.md": "# Privacy\n\nTwo.\n"}, message="Second")
     worker = HistoryWorker(repo.root, str(repo.root / "docs"), fork=fork)
     try:
-        for message in (_site(repo.root, tmp_path / "site"), _policy(repo.root), Finish({}, "changes.xml", BUILD)):
+        for message in (_site(repo.root, tmp_path / "site"), _policy(repo.root), Finish("changes.xml", BUILD)):
             worker.send(message)
         status = worker.statuses().policies["privacy.md"]
         assert (status.effective, status.versions, status.error) == (dt.date(2024, 3, 1), 2, None)
+        worker.send_shell(ShellSource(SHELL_PAGE))
         outcome = worker.result()
     finally:
         worker.close()
     assert outcome.error is None and outcome.pages_written == 4
     assert [c.summary for c in outcome.policies[0].history_changes] == ["Second", "First"]
-    assert (tmp_path / "site" / "privacy" / "versions" / "2024-01-10" / "index.html").is_file()
+    page = (tmp_path / "site" / "privacy" / "versions" / "2024-01-10" / "index.html").read_text(encoding="utf-8")
+    assert "<title>Privacy, version of 10 January 2024 - Test</title>" in page and "One." in page
+
+
+@MODES
+def test_worker_without_a_page_shell_fails_saying_so(tmp_path: Path, fork: bool) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("2024-01-10", {"docs/privacy.md": "# Privacy\n\nOne.\n"}, message="First")
+    worker = HistoryWorker(repo.root, str(repo.root / "docs"), fork=fork)
+    try:
+        for message in (_site(repo.root, tmp_path / "site"), _policy(repo.root), Finish("changes.xml", BUILD)):
+            worker.send(message)
+        worker.statuses()
+        outcome = worker.result()  # the generator rendered no 404 page
+    finally:
+        worker.close()
+    assert "no 404 page to take the history pages' shell from" in (outcome.error or "")
 
 
 @MODES
@@ -54,7 +73,7 @@ def test_worker_outside_a_repository_says_so_after_finish(tmp_path: Path, fork: 
     worker = HistoryWorker(tmp_path, str(tmp_path / "docs"), fork=fork)
     try:
         worker.send(_site(tmp_path, tmp_path / "site"))
-        worker.send(Finish({}, None, BUILD))
+        worker.send(Finish(None, BUILD))
         assert worker.statuses().history is False
         outcome = worker.result()
     finally:

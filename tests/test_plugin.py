@@ -1,10 +1,12 @@
-"""The `policy` plugin, through real `mkdocs build` runs of fixture sites and of the shipped docs."""
+"""The `policy` plugin, through real builds of fixture sites and of the shipped docs: `mkdocs build` with the
+plugin, and `policy-site build --generator zensical` (every site test runs under both; site_build.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from site_build import GENERATORS, build_site, search_texts
 
 from site_src.plugin import _front_matter
 from site_src.records import RecordError
@@ -27,22 +30,14 @@ ACTIVE_DAY = "2026-11-25"  # privacy changed 2026-11-20 (effective 2026-12-20), 
 TERMS_SUMMARY = "Explained how long feedback is kept."
 
 
-def epoch(day: str) -> str:
-    return str(int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()))
+def site_build(project: Path, out: Path, generator: str, day: str | None = ACTIVE_DAY, quiet: bool = True) -> subprocess.CompletedProcess[str]:
+    """Build with ``generator`` under --strict in a fresh process, as CI does, with the build date fixed to ``day``.
+    (``quiet`` hides MkDocs' warnings from --strict too, as MkDocs 1.6 filters them before it counts them.)"""
+    return build_site(project, out, generator, day=day, quiet=quiet)
 
 
-def mkdocs_build(project: Path, out: Path, day: str | None = ACTIVE_DAY, quiet: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run `mkdocs build --strict` in a fresh process, as CI does, with the build date fixed to ``day``.
-    (``quiet`` hides warnings from --strict too, as MkDocs 1.6 filters them before it counts them.)"""
-    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"} | {"NO_MKDOCS_2_WARNING": "1"}
-    if day is not None:
-        env["SOURCE_DATE_EPOCH"] = epoch(day)
-    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", *(["-q"] if quiet else []), "-f", str(project / "mkdocs.yml"), "-d", str(out)]
-    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
-
-
-def built(project: Path, out: Path, day: str | None = ACTIVE_DAY) -> Path:
-    result = mkdocs_build(project, out, day)
+def built(project: Path, out: Path, generator: str, day: str | None = ACTIVE_DAY) -> Path:
+    result = site_build(project, out, generator, day)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -54,6 +49,12 @@ def fixture_copy(tmp: Path) -> Path:
 
 def html_files(site: Path) -> list[Path]:
     return sorted(site.rglob("*.html"))
+
+
+@pytest.fixture(scope="module", params=GENERATORS)
+def generator(request: pytest.FixtureRequest) -> str:
+    """Every test of this module that builds a site runs once per generator."""
+    return str(request.param)
 
 
 class Elements(HTMLParser):
@@ -89,15 +90,15 @@ def banner_text(page: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def active_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def active_site(tmp_path_factory: pytest.TempPathFactory, generator: str) -> Path:
     tmp = tmp_path_factory.mktemp("active")
-    return built(fixture_copy(tmp), tmp / "site")
+    return built(fixture_copy(tmp), tmp / "site", generator)
 
 
 @pytest.fixture(scope="module")
-def real_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_site(tmp_path_factory: pytest.TempPathFactory, generator: str) -> Path:
     """The shipped docs/ with the shipped mkdocs.yml, under --strict."""
-    return built(ROOT, tmp_path_factory.mktemp("real") / "site", day=None)
+    return built(ROOT, tmp_path_factory.mktemp("real") / "site", generator, day=None)
 
 
 def test_banner_on_every_html_file_while_a_change_is_active(active_site: Path) -> None:
@@ -108,8 +109,8 @@ def test_banner_on_every_html_file_while_a_change_is_active(active_site: Path) -
         assert len(banners) == 1, f"{page.relative_to(active_site)} has {len(banners)} banners"
 
 
-def test_banner_on_no_html_file_when_no_change_is_active(tmp_path: Path) -> None:
-    site = built(fixture_copy(tmp_path), tmp_path / "site", day="2027-01-01")
+def test_banner_on_no_html_file_when_no_change_is_active(tmp_path: Path, generator: str) -> None:
+    site = built(fixture_copy(tmp_path), tmp_path / "site", generator, day="2027-01-01")
     for page in html_files(site):
         html = page.read_text(encoding="utf-8")
         assert "data-policy-banner" not in html and "md-banner" not in html, page.relative_to(site)
@@ -125,17 +126,20 @@ def test_banner_lists_changes_newest_first_with_future_effective_wording(active_
 
 
 def test_banner_links_to_each_policy_page(active_site: Path) -> None:
-    links = [a.get("href") for t, a in Elements((active_site / "privacy" / "index.html").read_text()).tags if t == "a"]
-    assert "./" in links and "../terms/" in links
+    banner = re.search(r'data-policy-banner>.*?</div>', (active_site / "privacy" / "index.html").read_text(), re.DOTALL)
+    assert banner
+    links = [a.get("href") or "" for t, a in Elements(banner.group(0)).tags if t == "a"]
+    assert {posixpath.normpath(posixpath.join("privacy", href)) for href in links} == {"privacy", "terms"}
+    assert "../terms/" in links
     # The 404 page is served at any depth, so its links are absolute.
     html_404 = (active_site / "404.html").read_text(encoding="utf-8")
     assert 'href="/privacy/">Read the Privacy Policy</a>' in html_404 and 'href="/terms/">Read the Terms of Use' in html_404
 
 
 @pytest.mark.parametrize(("day", "announced"), [("2026-12-10", True), ("2026-12-11", False)], ids=["day-30-in", "day-31-out"])
-def test_banner_window_edges(tmp_path: Path, day: str, announced: bool) -> None:
+def test_banner_window_edges(tmp_path: Path, generator: str, day: str, announced: bool) -> None:
     # terms changed 2026-11-10; privacy (effective 2026-12-20) keeps the banner itself up on both days.
-    site = built(fixture_copy(tmp_path), tmp_path / "site", day=day)
+    site = built(fixture_copy(tmp_path), tmp_path / "site", generator, day=day)
     assert (TERMS_SUMMARY in banner_text(site / "index.html")) is announced
 
 
@@ -154,13 +158,13 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_record_fails_the_build_naming_the_field(tmp_path: Path, case: tuple[str, str, str, str]) -> None:
+def test_malformed_record_fails_the_build_naming_the_field(tmp_path: Path, generator: str, case: tuple[str, str, str, str]) -> None:
     file, old, new, message = case
     project = shutil.copytree(FIXTURE, tmp_path / "project")
     source = (project / file).read_text(encoding="utf-8")
     assert old in source
     (project / file).write_text(source.replace(old, new, 1), encoding="utf-8")
-    result = mkdocs_build(project, tmp_path / "site")
+    result = site_build(project, tmp_path / "site", generator)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -177,8 +181,7 @@ def test_status_line_without_history_comes_from_the_latest_record(active_site: P
     assert status_text(active_site / "privacy" / "index.html") == "This text takes effect on 20 December 2026. Changes feed (Atom)"
     assert status_text(active_site / "terms" / "index.html") == "In force since 10 November 2026. Changes feed (Atom)"
     assert "data-policy-status" not in (active_site / "index.html").read_text(encoding="utf-8")
-    index = json.loads((active_site / "search" / "search_index.json").read_text(encoding="utf-8"))
-    assert not [d["location"] for d in index["docs"] if "In force since" in d["text"] or "Changes feed" in d["text"]]
+    assert not [loc for loc, text in search_texts(active_site) if "In force since" in text or "Changes feed" in text]
 
 
 BAD_OPTIONS = {
@@ -191,20 +194,21 @@ BAD_OPTIONS = {
 
 
 @pytest.mark.parametrize("case", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
-def test_bad_adoption_options_fail_the_build_saying_why(tmp_path: Path, case: tuple[str, str]) -> None:
+def test_bad_adoption_options_fail_the_build_saying_why(tmp_path: Path, generator: str, case: tuple[str, str]) -> None:
     option, message = case
     project = fixture_copy(tmp_path)
     config = project / "mkdocs.yml"
     config.write_text(config.read_text().replace("require_history: false", f"require_history: false\n      {option}"), encoding="utf-8")
-    result = mkdocs_build(project, tmp_path / "site", quiet=False)
+    result = site_build(project, tmp_path / "site", generator, quiet=False)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_two_builds_with_the_same_source_date_epoch_are_byte_identical(active_site: Path, tmp_path: Path) -> None:
-    again = built(fixture_copy(tmp_path), tmp_path / "site")
+def test_two_builds_with_the_same_source_date_epoch_are_byte_identical(active_site: Path, tmp_path: Path, generator: str) -> None:
+    again = built(fixture_copy(tmp_path), tmp_path / "site", generator)
     files = sorted(p.relative_to(active_site) for p in active_site.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
-    assert {Path("sitemap.xml.gz"), Path("search/search_index.json"), Path("policy-versions.json")} <= set(files)
+    search = {"mkdocs": {"sitemap.xml.gz", "search/search_index.json"}, "zensical": {"sitemap.xml", "search.json"}}[generator]
+    assert {Path(p) for p in search} | {Path("policy-versions.json"), Path("policy-shell.html"), Path("changes.xml")} <= set(files)
     different = [str(f) for f in files if (active_site / f).read_bytes() != (again / f).read_bytes()]
     assert different == []
 
@@ -214,18 +218,18 @@ def manifest_version(site: Path, policy_id: str) -> str:
     return next(p["version"] for p in policies if p["id"] == policy_id)
 
 
-def test_manifest_version_changes_exactly_when_the_policy_text_changes(tmp_path: Path) -> None:
+def test_manifest_version_changes_exactly_when_the_policy_text_changes(tmp_path: Path, generator: str) -> None:
     project = shutil.copytree(FIXTURE, tmp_path / "project")
     privacy = project / "docs" / "privacy.md"
-    original = manifest_version(built(project, tmp_path / "one"), "privacy")
+    original = manifest_version(built(project, tmp_path / "one", generator), "privacy")
     assert original == source_version(privacy.read_text(encoding="utf-8"))
 
     new_record = "changes:\n  - date: 2026-11-24\n    summary: Front matter only.\n"
     privacy.write_text(privacy.read_text().replace("changes:\n", new_record).replace("How the", "How an"), encoding="utf-8")
-    assert manifest_version(built(project, tmp_path / "two"), "privacy") == original
+    assert manifest_version(built(project, tmp_path / "two", generator), "privacy") == original
 
     privacy.write_text(privacy.read_text().replace("never identify anyone", "never identify a person"), encoding="utf-8")
-    assert manifest_version(built(project, tmp_path / "three"), "privacy") != original
+    assert manifest_version(built(project, tmp_path / "three", generator), "privacy") != original
 
 
 def test_manifest_lists_each_policy_with_its_records(active_site: Path) -> None:
@@ -257,7 +261,7 @@ def foreign_references(page: Path, own_host: str) -> list[str]:
 
 
 @pytest.mark.parametrize("which", ["active_site", "real_site"])
-def test_no_html_file_loads_anything_from_another_host(request: pytest.FixtureRequest, which: str) -> None:
+def test_no_html_file_loads_anything_from_another_host(request: pytest.FixtureRequest, generator: str, which: str) -> None:
     site: Path = request.getfixturevalue(which)
     own_host = FIXTURE_HOST if which == "active_site" else "127.0.0.1:8000"
     offenders = {str(p.relative_to(site)): foreign_references(p, own_host) for p in html_files(site)}
@@ -325,8 +329,8 @@ def test_audit_fixes_search_dialog_name_and_meta_description(active_site: Path) 
     assert descriptions == ["The policies of an example organisation."]
 
 
-def test_writer_text_is_escaped_in_the_banner_feed_link_and_feedback_form(tmp_path: Path) -> None:
-    # MkDocs' Jinja environment does not autoescape: our templates must escape summaries, titles and the site name.
+def test_writer_text_is_escaped_in_the_banner_feed_link_and_feedback_form(tmp_path: Path, generator: str) -> None:
+    # Neither MkDocs' Jinja nor Zensical's MiniJinja autoescapes: we must escape summaries, titles and the site name.
     project = fixture_copy(tmp_path)
     terms = project / "docs" / "terms.md"
     terms.write_text(terms.read_text().replace(TERMS_SUMMARY, "Terms & <b>conditions</b>"), encoding="utf-8")
@@ -334,7 +338,7 @@ def test_writer_text_is_escaped_in_the_banner_feed_link_and_feedback_form(tmp_pa
     privacy.write_text(privacy.read_text().replace("title: Privacy Policy", 'title: "Privacy & <i>data</i>"'), encoding="utf-8")
     config = project / "mkdocs.yml"
     config.write_text(config.read_text().replace("site_name: Example policies", 'site_name: "Ex & <s>"'), encoding="utf-8")
-    html = (built(project, tmp_path / "site") / "feedback" / "index.html").read_text(encoding="utf-8")
+    html = (built(project, tmp_path / "site", generator) / "feedback" / "index.html").read_text(encoding="utf-8")
     banner = re.search(r'<div class="policy-banner" data-policy-banner>.*?</div>', html, re.DOTALL)
     assert banner and "Terms &amp; &lt;b&gt;conditions&lt;/b&gt;" in banner.group(0)
     assert "<b>" not in banner.group(0) and "<i>" not in banner.group(0) and "Privacy &amp; &lt;i&gt;data" in banner.group(0)
@@ -355,3 +359,19 @@ def test_front_matter_reuses_mkdocs_parse_only_where_it_reads_as_ours() -> None:
     broken = "policy_id: [privacy\n"
     with pytest.raises(RecordError, match="docs/privacy.md: the front matter is not valid YAML at line"):
         _front_matter({"title": "From another plugin"}, f"---\n{broken}---\n# Privacy\n", broken, "docs/privacy.md")
+
+
+def test_page_shell_is_written_with_urls_from_the_site_root(active_site: Path) -> None:
+    shell = (active_site / "policy-shell.html").read_text(encoding="utf-8")
+    assert shell.count("<!--policy-site:title-->") == 1 and shell.count("<!--policy-site:content-->") == 1
+    urls = [a.get(k) or "" for _, a in Elements(shell).tags for k in ("href", "src") if a.get(k)]
+    assert urls and all(u.startswith(("/", "#", "https://")) and not u.startswith("//") for u in urls), urls
+    assert 'href="/privacy/">Read the Privacy Policy</a>' in shell and "/assets/" in shell
+
+
+def test_no_input_hidden_from_assistive_technology_can_take_focus(real_site: Path) -> None:
+    # Lighthouse's aria-hidden-focus: Zensical's palette option (no toggle) is aria-hidden; our override unfocuses it.
+    for page in html_files(real_site):
+        for tag, attrs in Elements(page.read_text(encoding="utf-8")).tags:
+            if tag == "input" and attrs.get("aria-hidden") == "true":
+                assert attrs.get("tabindex") == "-1", f"{page.relative_to(real_site)}: {attrs}"

@@ -18,6 +18,7 @@ from typing import Any
 import feedparser
 import pytest
 from gitrepo import GitRepo
+from site_build import GENERATORS
 from test_plugin_history import build, section, texts
 
 from site_src.versions import policy_version
@@ -100,22 +101,31 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
     return make_repo(tmp_path_factory.mktemp("adoption") / "repo")
 
 
+@pytest.fixture(scope="module", params=GENERATORS)
+def generator(request: pytest.FixtureRequest) -> str:
+    """Every test of this module that builds a site runs once per generator."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def site(repo: GitRepo) -> Path:
+def site(repo: GitRepo, generator: str) -> Path:
     # git on the PATH is a wrapper that logs each command line, so that a test can count the git processes.
-    tools = repo.root.parent / "bin"
+    tools = repo.root.parent / f"bin-{generator}"
     tools.mkdir()
     real = shutil.which("git")
-    (tools / "git").write_text(f'#!/bin/sh\necho "$*" >> {repo.root.parent / "git.log"}\nexec {real} "$@"\n', encoding="utf-8")
+    log = repo.root.parent / f"git-{generator}.log"
+    (tools / "git").write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n', encoding="utf-8")
     (tools / "git").chmod(0o755)
-    result = build(repo.root, repo.root.parent / "site", on=BUILD_DAY, path=f"{tools}:{os.environ['PATH']}")
+    out = repo.root.parent / f"site-{generator}"
+    result = build(repo.root, out, generator, on=BUILD_DAY, path=f"{tools}:{os.environ['PATH']}")
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr
-    return repo.root.parent / "site"
+    return out
 
 
-def test_git_runs_a_fixed_number_of_processes_per_build(repo: GitRepo, site: Path) -> None:
-    commands = [line.split()[0 if not line.startswith("-c") else 2] for line in (repo.root.parent / "git.log").read_text().splitlines()]
+def test_git_runs_a_fixed_number_of_processes_per_build(repo: GitRepo, site: Path, generator: str) -> None:
+    log = repo.root.parent / f"git-{generator}.log"
+    commands = [line.split()[0 if not line.startswith("-c") else 2] for line in log.read_text().splitlines()]
     # The plugin checks the repository; the worker checks it too, reads the log once and every text in one go.
     assert sorted(commands) == ["cat-file", "log", "rev-parse", "rev-parse"]
 
@@ -236,23 +246,23 @@ def test_changes_from_history_are_neither_in_the_feed_nor_in_the_banner(site: Pa
     assert "Keep addresses" not in html(site, "")
 
 
-def test_unrecorded_edit_after_adoption_still_fails_strict(repo: GitRepo, tmp_path: Path) -> None:
+def test_unrecorded_edit_after_adoption_still_fails_strict(repo: GitRepo, tmp_path: Path, generator: str) -> None:
     subprocess.run(["git", "clone", "-q", str(repo.root), str(tmp_path / "clone")], check=True)
     clone = GitRepo(tmp_path / "clone")
     privacy = clone.root / "docs/policies/privacy.md"
     clone.commit("2024-10-12", {"docs/policies/privacy.md": privacy.read_text().replace("two years", "ten years")}, message="Longer")
-    result = build(clone.root, tmp_path / "site", on=BUILD_DAY)
+    result = build(clone.root, tmp_path / "site", generator, on=BUILD_DAY)
     assert result.returncode != 0
     assert "docs/policies/privacy.md: the policy text differs" in result.stderr
     assert "+We keep it for ten years." in result.stderr
 
 
-def test_renamed_page_with_a_path_id_fails_naming_its_old_id_until_pinned(repo: GitRepo, tmp_path: Path) -> None:
+def test_renamed_page_with_a_path_id_fails_naming_its_old_id_until_pinned(repo: GitRepo, tmp_path: Path, generator: str) -> None:
     subprocess.run(["git", "clone", "-q", str(repo.root), str(tmp_path / "clone")], check=True)
     clone = GitRepo(tmp_path / "clone")
     clone.git("mv", "docs/policies/hr/leave.md", "docs/policies/hr/annual-leave.md")
     clone.commit("2024-10-12", message="Rename the leave policy")
-    result = build(clone.root, tmp_path / "site", on=BUILD_DAY)
+    result = build(clone.root, tmp_path / "site", generator, on=BUILD_DAY)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert (
         "docs/policies/hr/annual-leave.md: its policy id comes from its path ('policies/hr/annual-leave'), but the file "
@@ -261,7 +271,7 @@ def test_renamed_page_with_a_path_id_fails_naming_its_old_id_until_pinned(repo: 
     assert "add 'policy_id: policies/hr/leave' to its front matter" in result.stderr
     moved = clone.root / "docs/policies/hr/annual-leave.md"
     moved.write_text(moved.read_text().replace("---\n", "---\npolicy_id: policies/hr/leave\n", 1), encoding="utf-8")
-    result = build(clone.root, tmp_path / "site", on=BUILD_DAY)
+    result = build(clone.root, tmp_path / "site", generator, on=BUILD_DAY)
     assert result.returncode == 0, result.stderr
     leave = manifest_policy(tmp_path / "site", "policies/hr/leave")
     assert leave["url"] == "policies/hr/annual-leave/"

@@ -1,4 +1,5 @@
-"""Change history, past versions, feed and the no-silent-edit rule, through real `mkdocs build` runs of git repositories.
+"""Change history, past versions, feed and the no-silent-edit rule, through real builds of git repositories with
+each generator (`mkdocs build` with the plugin, `policy-site build --generator zensical`).
 
 One repository for the module (privacy: three texts; terms: renamed with `git mv`, then changed), built once;
 the failing cases (unrecorded edit, shallow clone) build clones of it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from pathlib import Path
 import feedparser
 import pytest
 from gitrepo import GitRepo, policy_source
+from site_build import GENERATORS, build_site, search_texts
 
 from site_src.versions import policy_version, split_front_matter
 
@@ -66,16 +69,14 @@ def make_repo(root: Path) -> GitRepo:
     return repo
 
 
-def build(project: Path, out: Path, on: str = BUILD_DAY, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`mkdocs build --strict` in a fresh process on the day `on`, INFO messages kept (``path``: its PATH)."""
-    day = dt.datetime.fromisoformat(on).replace(tzinfo=dt.timezone.utc)
-    env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(day.timestamp())), "NO_MKDOCS_2_WARNING": "1"}
-    if path is not None:
-        env["PATH"] = path
-    # The console script, not `python -m`: a clone of this project holds its own site_src, which `-m` would import.
-    mkdocs = str(Path(sys.executable).parent / "mkdocs")
-    cmd = [mkdocs, "build", "--strict", "-f", str(project / "mkdocs.yml"), "-d", str(out)]
-    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=180)
+def build(project: Path, out: Path, generator: str, on: str = BUILD_DAY, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A strict build in a fresh process on the day `on`, INFO messages kept (``path``: its PATH)."""
+    return build_site(project, out, generator, day=on, path=path)
+
+
+@pytest.fixture(scope="module", params=GENERATORS)
+def generator(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> GitRepo:
 
 
 @pytest.fixture(scope="module")
-def site(repo: GitRepo) -> Path:
-    result = build(repo.root, repo.root.parent / "site")
+def site(repo: GitRepo, generator: str) -> Path:
+    out = repo.root.parent / f"site-{generator}"
+    result = build(repo.root, out, generator)
     assert result.returncode == 0, result.stderr
-    return repo.root.parent / "site"
+    return out
 
 
 def policy(site: Path, policy_id: str) -> dict[str, object]:
@@ -133,8 +135,7 @@ def test_each_version_at_its_url_with_its_text_and_status(site: Path) -> None:
 
 
 def test_history_pages_are_not_in_the_search_index(site: Path) -> None:
-    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
-    locations = [d["location"] for d in index["docs"]]
+    locations = [loc for loc, _ in search_texts(site)]
     assert any(loc.startswith("privacy/") for loc in locations)
     assert not [loc for loc in locations if "versions/" in loc or "changes/" in loc]
 
@@ -165,10 +166,10 @@ def test_renamed_file_keeps_its_history(site: Path) -> None:
     assert "Feedback is kept." in old and "Superseded" in old
 
 
-def test_history_pages_carry_no_banner_once_no_change_is_active(repo: GitRepo, tmp_path: Path) -> None:
+def test_history_pages_carry_no_banner_once_no_change_is_active(repo: GitRepo, tmp_path: Path, generator: str) -> None:
     # The worker renders its pages early with a gap for the banner; with nothing to announce the gap must not
     # leave an empty announcement bar behind.
-    result = build(repo.root, tmp_path / "site", on="2027-03-01")
+    result = build(repo.root, tmp_path / "site", generator, on="2027-03-01")
     assert result.returncode == 0, result.stderr
     pages = sorted((tmp_path / "site").glob("*/*/**/index.html"))
     assert {p.relative_to(tmp_path / "site").parts[1] for p in pages} == {"changes", "versions"}
@@ -185,7 +186,7 @@ def test_banner_what_changed_link_points_to_the_change_page(site: Path) -> None:
 
 
 def test_every_page_has_banner_feed_link_lang_title_description_and_main(site: Path) -> None:
-    pages = sorted(site.rglob("*.html"))
+    pages = [p for p in sorted(site.rglob("*.html")) if p.name != "policy-shell.html"]  # the service's shell has no title
     assert site / "terms" / "versions" / "2026-01-10" / "index.html" in pages and site / "404.html" in pages
     for page in pages:
         html = page.read_text(encoding="utf-8")
@@ -201,37 +202,68 @@ def test_every_page_has_banner_feed_link_lang_title_description_and_main(site: P
         assert (site / href.lstrip("/") if href.startswith("/") else page.parent / href).resolve().is_file(), where
 
 
-def test_unrecorded_edit_warns_with_a_diff_and_fails_strict(repo: GitRepo, tmp_path: Path) -> None:
+def test_unrecorded_edit_warns_with_a_diff_and_fails_strict(repo: GitRepo, tmp_path: Path, generator: str) -> None:
     subprocess.run(["git", "clone", "-q", str(repo.root), str(tmp_path / "clone")], check=True)
     privacy = tmp_path / "clone" / "docs" / "privacy.md"
     privacy.write_text(privacy.read_text().replace("named partners", "selected partners"), encoding="utf-8")
-    result = build(tmp_path / "clone", tmp_path / "site")
+    result = build(tmp_path / "clone", tmp_path / "site", generator)
     assert result.returncode != 0
     assert "WARNING" in result.stderr and "docs/privacy.md: the policy text differs" in result.stderr
     assert "-We may share aggregate statistics with named partners." in result.stderr
     assert "+We may share aggregate statistics with selected partners." in result.stderr
 
 
-def test_shallow_clone_fails_then_builds_without_history_when_allowed(repo: GitRepo, tmp_path: Path) -> None:
+def test_shallow_clone_fails_then_builds_without_history_when_allowed(repo: GitRepo, tmp_path: Path, generator: str) -> None:
     clone = tmp_path / "shallow"
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{repo.root}", str(clone)], check=True)
-    result = build(clone, tmp_path / "site")
+    result = build(clone, tmp_path / "site", generator)
     assert result.returncode != 0 and "shallow git clone" in result.stderr and "fetch-depth: 0" in result.stderr
     assert "Traceback" not in result.stderr
     (clone / "mkdocs.yml").write_text(CONFIG.format(options=":\n      require_history: false"), encoding="utf-8")
-    result = build(clone, tmp_path / "site")
+    result = build(clone, tmp_path / "site", generator)
     assert result.returncode == 0, result.stderr
     assert "INFO" in result.stderr and "Building without change history pages" in result.stderr
     assert not (tmp_path / "site" / "privacy" / "changes").exists()
     assert feedparser.parse((tmp_path / "site" / "changes.xml").read_bytes()).bozo == 0
 
 
-def test_shipped_project_builds_strict_from_a_fresh_full_clone(tmp_path: Path) -> None:
+def test_shipped_project_builds_strict_from_a_fresh_full_clone(tmp_path: Path, generator: str) -> None:
     root = Path(__file__).resolve().parents[1]
     subprocess.run(["git", "clone", "-q", str(root), str(tmp_path / "clone")], check=True)
-    result = build(tmp_path / "clone", tmp_path / "site")
+    result = build(tmp_path / "clone", tmp_path / "site", generator)
     assert result.returncode == 0, result.stderr
     source = (tmp_path / "clone" / "docs" / "privacy.md").read_text(encoding="utf-8")
     versions = policy(tmp_path / "site", "privacy")["versions"]
     assert versions[0]["current"] and versions[0]["version"] == policy_version(split_front_matter(source)[1])  # type: ignore[index]
     assert (tmp_path / "site" / "privacy" / "changes" / "index.html").is_file()
+
+
+def chrome(site: Path, url: str) -> dict[str, object]:
+    """The parts of a page every page shares: header (page title blanked), primary navigation links, footer, the
+    body's palette, the banner's place before the header, with every relative URL resolved from the page."""
+    html = (site / url / "index.html").read_text(encoding="utf-8")
+
+    def resolved(part: str) -> str:
+        part = re.sub(r'(href|src)="(?![a-z]+:|#|/)([^"]*)"', lambda m: f'{m.group(1)}="/{posixpath.normpath(posixpath.join(url, m.group(2)))}"', part)
+        return re.sub(r'data-md-component="header-topic">.*?</div>', "", part, flags=re.DOTALL)
+
+    header = re.search(r"<header class=\"md-header.*?</header>", html, re.DOTALL)
+    nav = re.search(r'<nav class="md-nav md-nav--primary".*?</nav>', html, re.DOTALL)
+    footer = re.search(r"<footer class=\"md-footer\">.*?</footer>", html, re.DOTALL)
+    body = re.search(r"<body[^>]*>", html)
+    assert header and nav and footer and body, url
+    links = re.findall(r'<a href="([^"]*)"[^>]*class="md-nav__link[^"]*"[^>]*>\s*(?:<[^>]+>\s*)*([^<]*?)\s*<', resolved(nav.group(0)))
+    return {
+        "header": resolved(header.group(0)), "links": [(href, text.strip()) for href, text in links],
+        "footer": re.sub(r'<nav class="md-footer__inner.*?</nav>', "", resolved(footer.group(0)), flags=re.DOTALL),
+        "body": body.group(0), "banner_first": html.index("data-policy-banner") < html.index("<header"),
+    }
+
+
+@pytest.mark.parametrize("url", ["privacy/changes/", "privacy/versions/", "terms/versions/2026-01-10/"])
+def test_history_page_has_the_policy_pages_header_navigation_footer_and_banner(site: Path, url: str) -> None:
+    policy = chrome(site, "privacy/")
+    assert policy["links"] and len(policy["links"]) >= 3
+    assert chrome(site, url) == policy
+    html = (site / url / "index.html").read_text(encoding="utf-8")
+    assert 'class="md-search"' in html and html.count("<title>") == 1 and "history.css" in html
