@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install install-test browser-deps site serve audit bench clean
+.PHONY: run test install install-test browser-deps db-deps site serve audit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ browser-deps:
 	fi
 	@if [ -f package-lock.json ] && [ ! -d node_modules ]; then npm install --no-audit --no-fund --loglevel=error; fi
 
+# Debian's PostgreSQL 15 for the ledger's tests on PostgreSQL: the tests start their own server from its binaries
+# (initdb in a temporary folder, as the postgres user); the package's own cluster is not used.
+db-deps:
+	@if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "Install Debian's postgresql package (sudo apt-get install postgresql) for the ledger's PostgreSQL tests."; exit 1; fi; \
+	fi
+
 site: install
 	$(BIN)/policy-site build --strict
 
@@ -43,7 +51,7 @@ site: install
 run: site
 	$(BIN)/policy-site serve --host $(HOST) --port $(PORT)
 
-test: install-test browser-deps
+test: install-test browser-deps db-deps
 	$(BIN)/python -m pytest
 
 audit: install browser-deps

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import click
 
-from form_handler.ledger.chain import ChainError, Checkpoint
+from form_handler.ledger import is_postgres
+from form_handler.ledger import open_ledger as open_store
+from form_handler.ledger.chain import ChainError, Checkpoint, utc_now
+from form_handler.ledger.contract import LedgerStore
 from form_handler.ledger.export import lines as export_lines
-from form_handler.ledger.sqlite.store import Ledger, LedgerError
+from form_handler.ledger.types import LedgerError
 from form_handler.settings import Settings, SettingsError
 
 
@@ -49,19 +52,19 @@ def ledger() -> None:
     """Inspect and maintain the consent ledger."""
 
 
-# --- ledger commands (verify, export, stats, erase, head) -----------------------------
+# --- ledger commands (verify, export, stats, erase, head, copy, backup) -------------------
 
 ledger_option = click.option(
-    "--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Ledger file [default: POLICY_SITE_LEDGER or var/ledger.sqlite3].",
+    "--ledger", "ledger_path", metavar="PATH_OR_URL", default=None,
+    help="Ledger file, or a postgresql:// URL [default: POLICY_SITE_LEDGER or var/ledger.sqlite3].",
 )
 
 
 @contextmanager
-def open_ledger(path: Path | None, *, readonly: bool) -> Iterator[Ledger]:
+def open_ledger(location: str | None, *, readonly: bool) -> Iterator[LedgerStore]:
     """Open the ledger for one command; library errors become `Error: ...` and exit 1."""
     try:
-        led = Ledger(path or load_settings().ledger_path, readonly=readonly)
+        led = open_store(location or load_settings().ledger, readonly=readonly)
     except LedgerError as e:
         raise click.ClickException(str(e)) from None
     try:
@@ -75,7 +78,7 @@ def open_ledger(path: Path | None, *, readonly: bool) -> Iterator[Ledger]:
 @ledger.command()
 @ledger_option
 @click.option("--against", metavar="CHECKPOINT", help="A checkpoint file (from `ledger head`) or its JSON text.")
-def verify(ledger_path: Path | None, against: str | None) -> None:
+def verify(ledger_path: str | None, against: str | None) -> None:
     """Check the whole hash chain; exit 1 naming the first entry that does not match.
 
     With --against, also fail when the ledger no longer extends that earlier checkpoint
@@ -94,16 +97,25 @@ def verify(ledger_path: Path | None, against: str | None) -> None:
             raise click.ClickException(f"--against {against}: {e}") from None
     with open_ledger(ledger_path, readonly=True) as led:
         report = led.verify(against=checkpoint)
-        p = led.pragmas()
+        line = led.settings_line()
     click.echo(report.summary())
-    click.echo(f"pragmas: journal_mode={p['journal_mode']} synchronous={p['synchronous']} busy_timeout={p['busy_timeout']}")
+    click.echo(line)
     if not report.ok:
-        raise click.ClickException(f"{led.path}: {report.problem}.")
+        raise click.ClickException(f"{_shown(led)}: {report.problem}.")
+
+
+def _shown(led: LedgerStore) -> str:
+    # A URL may carry a password: name the database without it.
+    if not is_postgres(led.location):
+        return led.location
+    from form_handler.ledger.postgres.store import redact
+
+    return redact(led.location)
 
 
 @ledger.command()
 @ledger_option
-def head(ledger_path: Path | None) -> None:
+def head(ledger_path: str | None) -> None:
     """Print a checkpoint (entry count, head hash, time) as JSON, to publish or store elsewhere.
 
     Example:
@@ -118,7 +130,7 @@ def head(ledger_path: Path | None) -> None:
 @ledger_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--third-party", is_flag=True, help="Only email addresses whose confirmed third-party consent stands.")
-def export(ledger_path: Path | None, fmt: str, third_party: bool) -> None:
+def export(ledger_path: str | None, fmt: str, third_party: bool) -> None:
     """Write the ledger to stdout: every entry with personal data and status, or third-party emails.
 
     CSV cells that a spreadsheet would run as a formula start with a '.
@@ -134,7 +146,7 @@ def export(ledger_path: Path | None, fmt: str, third_party: bool) -> None:
 
 @ledger.command()
 @ledger_option
-def stats(ledger_path: Path | None) -> None:
+def stats(ledger_path: str | None) -> None:
     """Print aggregate counts of standing consents as JSON; counts below 5 are left out or null.
 
     Example:
@@ -148,7 +160,7 @@ def stats(ledger_path: Path | None) -> None:
 @ledger.command()
 @ledger_option
 @click.argument("receipt_id")
-def erase(ledger_path: Path | None, receipt_id: str) -> None:
+def erase(ledger_path: str | None, receipt_id: str) -> None:
     """Erase the email address and message of RECEIPT_ID and record an erasure entry.
 
     The chain still verifies: entries hold only a salted commitment, and the salt is erased too.
@@ -161,6 +173,61 @@ def erase(ledger_path: Path | None, receipt_id: str) -> None:
         entry = led.erase(receipt_id)
     click.echo(f"Erased the personal data of receipt {receipt_id} (erasure entry #{entry.seq}).")
 
+
+@ledger.command()
+@click.argument("source", metavar="SOURCE")
+@click.argument("target", metavar="TARGET")
+def copy(source: str, target: str) -> None:
+    """Copy a ledger entry by entry into an empty one (SQLite file or postgresql:// URL, either way).
+
+    Every entry's stored bytes and hash, and the personal data beside the chain, are copied as they are;
+    a TARGET that already holds entries is refused. Both are verified and both heads printed: they must
+    be equal. Stop the service writing to SOURCE first, or the copy ends at the head it read.
+
+    Example:
+
+        policy-site ledger copy var/ledger.sqlite3 postgresql://policy@db.internal/policy
+    """
+    with open_ledger(source, readonly=True) as src, open_ledger(target, readonly=False) as dst:
+        copied = dst.load_raw(src.raw_entries(), src.raw_personal())
+        checks = [(name, led.verify()) for name, led in (("source", src), ("target", dst))]
+    for name, report in checks:
+        click.echo(f"{name}: {report.count} entries, head {report.head}, chain {'ok' if report.ok else 'BROKEN'}")
+    bad = [f"{name}: {report.problem}" for name, report in checks if not report.ok]
+    if bad:
+        raise click.ClickException("; ".join(bad) + ".")
+    if checks[0][1].head != checks[1][1].head:
+        raise click.ClickException("the heads differ: the source changed during the copy; copy again into an empty ledger.")
+    click.echo(f"copied {copied} entries.")
+
+
+@ledger.command()
+@ledger_option
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def backup(ledger_path: str | None, dest: Path) -> None:
+    """Write a consistent copy of a live SQLite ledger to DEST while the service keeps writing; verify it.
+
+    Uses SQLite's online backup: one snapshot, the writers never wait. Prints the copy's head.
+    To restore, stop the service and put DEST in the ledger's place (remove its -wal and -shm files).
+    On PostgreSQL use its own tools instead (pg_dump, pg_basebackup, point-in-time recovery).
+
+    Example:
+
+        policy-site ledger backup /backups/ledger-$(date +%F).sqlite3
+    """
+    with open_ledger(ledger_path, readonly=False) as led:
+        if led.backend != "sqlite":
+            raise click.ClickException(
+                "ledger backup copies a SQLite file; back up PostgreSQL with its own tools (pg_dump, "
+                "pg_basebackup, point-in-time recovery), see the README."
+            )
+        led.backup(dest)  # type: ignore[attr-defined]
+    with open_ledger(str(dest), readonly=True) as copy_:
+        report = copy_.verify()
+    click.echo(report.summary())
+    if not report.ok:
+        raise click.ClickException(f"{dest}: {report.problem}.")
+    click.echo(Checkpoint(report.count, report.head, utc_now()).to_json())
 
 
 # --- notify and mail commands --------------------------------------------------------
@@ -178,7 +245,7 @@ def erase(ledger_path: Path | None, receipt_id: str) -> None:
     help="Send at most N messages per second (e.g. 0.5, 20) [default: unpaced, one message after the other].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="One line per person (would notify, sent, skipped).")
-def notify(ledger_path: Path | None, manifest: str | None, dry_run: bool, rate: float | None, verbose: bool) -> None:
+def notify(ledger_path: str | None, manifest: str | None, dry_run: bool, rate: float | None, verbose: bool) -> None:
     """E-mail each confirmed subscriber once about material policy changes since the version they agreed to.
 
     Each notice is recorded in the ledger right after the mail server took it, before the next one
@@ -226,7 +293,7 @@ def mail() -> None:
 
 @mail.command("send")
 @ledger_option
-def mail_send(ledger_path: Path | None) -> None:
+def mail_send(ledger_path: str | None) -> None:
     """Send every queued message that is due, once; failures are retried later with back-off.
 
     The service already does this in the background; this command is for running it from cron
@@ -239,8 +306,8 @@ def mail_send(ledger_path: Path | None) -> None:
     from form_handler.mail import outbox
     settings = load_settings()
     with open_ledger(ledger_path, readonly=False) as led:
-        result = outbox.send_due(led.connection, settings)
-        counts = outbox.status(led.connection)
+        result = outbox.send_due(led, settings)
+        counts = outbox.status(led)
     click.echo(
         f"sent {result.sent}, failed {result.failed} (gave up on {result.gave_up}); "
         f"queued {counts['queued']}, sent in all {counts['sent']}, given up in all {counts['gave_up']}."

@@ -19,7 +19,10 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    # The SQLite ledger file; with ledger_url set, the folder of link-keys.json by default and nothing else.
     ledger_path: Path = Path("var/ledger.sqlite3")
+    # A postgresql:// URL (libpq form) when the ledger is on PostgreSQL; None: the file above.
+    ledger_url: str | None = None
     # A path or an http(s) URL of the published policy-versions.json.
     manifest: str = "site/policy-versions.json"
     allowed_origins: tuple[str, ...] = ()
@@ -51,6 +54,11 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ()
     # Confirmation mails one address may receive in 24 hours, however many forms name it.
     mail_per_recipient: int = 3
+
+    @property
+    def ledger(self) -> str:
+        """Where the ledger is, for form_handler.ledger.open_ledger: the PostgreSQL URL, else the file's path."""
+        return self.ledger_url or str(self.ledger_path)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,8 +112,12 @@ class Settings:
                 "POLICY_SITE_SECRET_PREVIOUS and POLICY_SITE_SECRET_PREVIOUS_UNTIL go together; set both or neither."
             )
         origins = get("ALLOWED_ORIGINS")
+        ledger = get("LEDGER") or str(d.ledger_path)
+        # A URL is not a path (Path() would fold its "//"): kept as given, for form_handler.ledger.open_ledger.
+        url = ledger if ledger.startswith(("postgresql://", "postgres://")) else None
         return cls(
-            ledger_path=Path(get("LEDGER") or d.ledger_path),
+            ledger_path=d.ledger_path if url else Path(ledger),
+            ledger_url=url,
             manifest=get("MANIFEST") or d.manifest,
             allowed_origins=tuple(
                 o.strip().rstrip("/") for o in (origins or "").split(",") if o.strip()

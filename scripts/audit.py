@@ -28,7 +28,7 @@ CHROMIUM = "/usr/bin/chromium"
 # --no-sandbox: CI runs as root. The rest keep Chromium from calling Google on a closed network.
 CHROME_FLAGS = ("--headless=new --no-sandbox --disable-gpu --disable-quic --no-first-run "
                 "--disable-background-networking --disable-component-update --disable-sync --disable-default-apps")
-PAGES = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "feedback": "feedback/"}
+PAGES = {"home": "", "policy": "privacy/", "changes": "privacy/changes/", "feedback": "feedback/", "manage": "api/manage"}
 FORM_FACTORS = ("mobile", "desktop")
 CATEGORIES = ("performance", "accessibility", "best-practices", "seo")
 TARGETS = {"performance": 95, "accessibility": 100, "best-practices": 100, "seo": 100}

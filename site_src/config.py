@@ -16,6 +16,8 @@ class PolicyConfig(base.Config):  # type: ignore[no-untyped-call]  # MkDocs is u
     # Where the feedback form posts, and where its receipt's withdraw button posts (same origin or absolute).
     form_endpoint = c.Type(str, default="/api/feedback")
     withdraw_endpoint = c.Type(str, default="/api/withdraw")
+    # "Manage your consent" (the service's page for a receipt id and token), linked from every page's footer.
+    manage_endpoint = c.Type(str, default="/api/manage")
     # Fail the build when git history is missing (shallow clone, no git), rather than publish a wrong history.
     require_history = c.Type(bool, default=True)
     # Glob patterns relative to docs_dir ('**' for any folders, '!' in front to leave pages out): every matching

@@ -23,6 +23,7 @@ OVERRIDES = Path(__file__).parent / "overrides"
 BANNER_TEMPLATE = "partials/policy-banner.html"
 STATUS_TEMPLATE = "partials/policy-status.html"
 FORM_TEMPLATE = "partials/policy-form.html"
+MANAGE_TEMPLATE = "partials/policy-manage.html"
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         env.globals["policy_banner"] = banner
         env.globals["policy_feed_url"] = self.feed_url
         env.globals["policy_form"] = self._feedback_form()
+        env.globals["policy_manage_url"] = self.config.manage_endpoint
 
         @lru_cache(maxsize=None)
         def banner_html(base_url: str) -> Markup:

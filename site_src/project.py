@@ -102,6 +102,7 @@ class PolicyOptions:
     consent_policy: str = "privacy"
     form_endpoint: str = "/api/feedback"
     withdraw_endpoint: str = "/api/withdraw"
+    manage_endpoint: str = "/api/manage"
     require_history: bool = True
     policies: tuple[str, ...] = ()
     adopted: object = None
@@ -109,7 +110,8 @@ class PolicyOptions:
 
 
 _OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "banner_days": int, "consent_policy": str, "form_endpoint": str, "withdraw_endpoint": str, "require_history": bool,
+    "banner_days": int, "consent_policy": str, "form_endpoint": str, "withdraw_endpoint": str, "manage_endpoint": str,
+    "require_history": bool,
     "policies": list, "adopted": (str, dt.date),
 }
 

@@ -32,7 +32,7 @@ from .history import HistoryUnavailable, locate_repository
 from .history_job import Finish, Outcome, PolicyOutcome, PolicySource, ShellSource, SiteInfo, changes_url
 from .history_pages import write_feed
 from .history_worker import HistoryWorker
-from .partials import BANNER_TEMPLATE, FORM_TEMPLATE, FeedbackForm, environment, render_status
+from .partials import BANNER_TEMPLATE, FORM_TEMPLATE, MANAGE_TEMPLATE, FeedbackForm, environment, render_status
 from .policy_build import NO_SITE_URL, PolicyBuildError, adoption_date, feedback_form, unrecorded_edit, unused_pattern
 from .policy_pages import PatternError, PolicyPatterns, path_policy_id
 from .project import PolicyOptions, ProjectError, SourcePage, Tagged, dump_config, list_pages, load_config, page_title
@@ -245,7 +245,8 @@ class _Build:
     def generate(self, strict: bool, run: Callable[[str, dict[str, Any]], None] | None) -> None:
         """Write the overrides and the config Zensical reads, and run Zensical."""
         write_overrides(self.overrides, self._custom_dir(), self._banner(), self._form(), self.site_name, self.feed_url,
-                        root_path(self.site_url), with_history=self.worker is not None)
+                        root_path(self.site_url), with_history=self.worker is not None,
+                        manage_url=self.options.manage_endpoint)
         config = dict(self.config)
         theme = dict(config.get("theme") or {}) if isinstance(config.get("theme"), Mapping) else {"name": config.get("theme")}
         theme["custom_dir"] = str(self.overrides)
@@ -359,7 +360,7 @@ class _Build:
 
 
 def write_overrides(folder: Path, custom_dir: Path | None, banner: list[Any], form: FeedbackForm | None, site_name: str,
-                    feed_url: str | None, root: str, *, with_history: bool) -> None:
+                    feed_url: str | None, root: str, *, with_history: bool, manage_url: str) -> None:
     """The custom_dir Zensical reads: our templates, the partials rendered for this build, our assets, and the
     site's own custom_dir over them (the site's files win, as under MkDocs)."""
     env = environment()
@@ -383,6 +384,8 @@ def write_overrides(folder: Path, custom_dir: Path | None, banner: list[Any], fo
         )
         form_html = form_html.replace(_PAGE_TOKEN, "\x00page:" + root + "\x00")
     (partials / "policy-form.html").write_text(_as_template(form_html), encoding="utf-8")
+    manage = env.get_template(MANAGE_TEMPLATE).render(policy_manage_url=manage_url)
+    (partials / "policy-manage.html").write_text(_as_template(manage), encoding="utf-8")
     assets = folder / "assets" / "policy"
     assets.mkdir(parents=True, exist_ok=True)
     for name, path in ASSETS.items():

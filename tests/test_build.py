@@ -53,7 +53,8 @@ def test_shell_has_each_marker_once_and_every_url_absolute_from_the_site_path(si
     article = re.search(r'<article class="md-content__inner md-typeset">(.*?)</article>', shell, re.DOTALL)
     assert article and re.sub(r'<a id="__skip" tabindex="-1"></a>', "", article.group(1)).strip() == CONTENT_MARKER
     urls = URL_ATTRIBUTE.findall(shell)
-    assert urls and all(u.startswith(("/policies/", "#", "https://", "http://")) for u in urls), urls
+    # The footer's "Manage your consent" is the service's page (the manage_endpoint option), not the site's.
+    assert urls and all(u.startswith(("/policies/", "#", "https://", "http://")) or u == "/api/manage" for u in urls), urls
     assert "/policies/assets/" in shell and "/policies/privacy/" in shell
     config = json.loads(re.search(r'<script id="__config" type="application/json">(.*?)</script>', shell, re.DOTALL).group(1))  # type: ignore[union-attr]
     assert config["base"] == "/policies/" and config["search"].startswith("/policies/assets/javascripts/workers/")
@@ -131,3 +132,12 @@ def test_build_with_zensical_says_so_and_refuses_an_unknown_generator(tmp_path: 
     assert result.returncode == 0 and "Building with zensical" in result.stderr
     bad = build_site(project(tmp_path / "b"), tmp_path / "b" / "site", "hugo", day=DAY)
     assert bad.returncode != 0 and "invalid choice: 'hugo'" in bad.stderr
+
+
+@each_generator
+def test_every_page_footer_links_to_manage_your_consent(sites: dict[str, Path], generator: str) -> None:
+    pages = [p for p in sites[generator].rglob("*.html") if p.name != SHELL_NAME]
+    link = re.compile(r'<footer class="md-footer".*<a href="/api/manage" data-manage-link>Manage your consent</a>', re.DOTALL)
+    missing = [str(p.relative_to(sites[generator])) for p in pages if not link.search(p.read_text(encoding="utf-8"))]
+    assert len(pages) >= 4 and not missing, missing
+    assert link.search((sites[generator] / SHELL_NAME).read_text(encoding="utf-8"))

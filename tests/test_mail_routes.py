@@ -182,8 +182,8 @@ def test_confirmation_waits_in_the_outbox_while_the_mail_server_is_down(tmp_path
                 time.sleep(0.05)
     assert attempts == 1 and "POLICY_SITE_SMTP_HOST" in str(error)
     with MailServer(settings.smtp_port) as smtp, Ledger(settings.ledger_path) as led:
-        assert outbox.send_due(led.connection, settings).sent == 0  # not due yet: the back-off holds
-        result = outbox.send_due(led.connection, settings, now=outbox.utcnow() + timedelta(seconds=31))
+        assert outbox.send_due(led, settings).sent == 0  # not due yet: the back-off holds
+        result = outbox.send_due(led, settings, now=outbox.utcnow() + timedelta(seconds=31))
         assert result.sent == 1 and smtp.recipients() == ["ann@example.com"]
 
 

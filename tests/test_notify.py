@@ -13,6 +13,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from ledger_helpers import sql
 from mailserver import MailServer, body, free_port
 
 from form_handler.consent import keys
@@ -22,6 +23,7 @@ from form_handler.mail import notify
 from form_handler.consent import subscribers
 
 from form_handler.consent import tokens
+from form_handler.ledger.contract import LedgerStore
 from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
 from form_handler.settings import Settings
 
@@ -42,7 +44,7 @@ def write_manifest(path: Path, changes: list[dict[str, object]] | None = None, v
     return str(path)
 
 
-def consent(led: Ledger, email: str | None, *, version: str = V1, updates: bool = True, confirm: bool = True) -> str:
+def consent(led: LedgerStore, email: str | None, *, version: str = V1, updates: bool = True, confirm: bool = True) -> str:
     draft = ConsentDraft("privacy", version, "/feedback/", "hello", email, False, updates, False)
     with led.transaction() as txn:
         receipt = txn.append_consent(draft)
@@ -52,7 +54,13 @@ def consent(led: Ledger, email: str | None, *, version: str = V1, updates: bool 
 
 
 @pytest.fixture
-def led(tmp_path: Path) -> Iterator[Ledger]:
+def led(store: LedgerStore) -> LedgerStore:
+    """Each notify test runs on both backends (conftest.ledger_location)."""
+    return store
+
+
+@pytest.fixture
+def sqlite_led(tmp_path: Path) -> Iterator[Ledger]:
     with Ledger(tmp_path / "ledger.sqlite3") as ledger:
         yield ledger
 
@@ -61,16 +69,16 @@ def settings_for(port: int) -> Settings:
     return Settings(smtp_host="127.0.0.1", smtp_port=port, base_url="https://example.org", secret="s")
 
 
-def run(led: Ledger, smtp: MailServer, manifest: str, **kw: bool) -> notify.NotifyResult:
+def run(led: LedgerStore, smtp: MailServer, manifest: str, **kw: bool) -> notify.NotifyResult:
     return notify.run(led, settings_for(smtp.port), manifest, echo=lambda s: None, **kw)
 
 
-def notice_count(led: Ledger) -> int:
-    count: int = led.connection.execute("SELECT count(*) FROM entries WHERE kind = 'notice'").fetchall()[0][0]  # type: ignore[assignment]
+def notice_count(led: LedgerStore) -> int:
+    count: int = sql(led, "SELECT count(*) FROM entries WHERE kind = 'notice'")[0][0]
     return count
 
 
-def test_notify_writes_only_to_confirmed_subscribers_on_an_older_version(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_writes_only_to_confirmed_subscribers_on_an_older_version(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
     consent(led, "dan@example.com", updates=False)
     consent(led, "erin@example.com", confirm=False)
@@ -80,33 +88,33 @@ def test_notify_writes_only_to_confirmed_subscribers_on_an_older_version(led: Le
     assert result.sent == 1 and smtp.recipients() == ["ann@example.com"]
 
 
-def test_notify_skips_withdrawn_and_erased_people(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_skips_withdrawn_and_erased_people(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     led.erase(consent(led, "bob@example.com"))
     with led.transaction() as txn:
         receipt = txn.append_consent(ConsentDraft("privacy", V1, "/", "x", "carl@example.com", False, True, False))
         txn.append("confirmation", receipt.receipt_id, policy_id="privacy")
     led.withdraw(receipt.receipt_id, receipt.withdraw_token)
-    assert subscribers.people(led.connection, "privacy") == []
+    assert led.read(lambda v: subscribers.people(v, "privacy")) == []
     assert run(led, smtp, write_manifest(tmp_path / "m.json")).sent == 0 and smtp.messages == []
 
 
-def test_notify_sends_one_mail_for_two_submissions_from_one_address(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_sends_one_mail_for_two_submissions_from_one_address(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "Gus@Example.com")
     consent(led, "gus@example.com")
     run(led, smtp, write_manifest(tmp_path / "m.json"))
     assert len(smtp.messages) == 1 and smtp.received[0].rcpt_tos == ["gus@example.com"]
 
 
-def test_an_unconfirmed_submission_on_a_newer_version_does_not_stop_her_notices(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_an_unconfirmed_submission_on_a_newer_version_does_not_stop_her_notices(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     mine = consent(led, "ann@example.com")
     consent(led, "ANN@example.com", version=V2, updates=False, confirm=False)  # anyone can type her address
-    (ann,) = subscribers.people(led.connection, "privacy")
+    (ann,) = led.read(lambda v: subscribers.people(v, "privacy"))
     assert (ann.latest_version, ann.latest_receipt_id, ann.agreed, ann.subscribed) == (V1, mine, {V1}, True)
     assert run(led, smtp, write_manifest(tmp_path / "m.json")).sent == 1
     assert smtp.recipients() == ["ann@example.com"]
 
 
-def test_notify_skips_people_who_stopped_updates(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_skips_people_who_stopped_updates(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     rid = consent(led, "ann@example.com")
     with led.transaction() as txn:
         txn.append("withdrawal", rid, consent_updates=False)
@@ -114,7 +122,7 @@ def test_notify_skips_people_who_stopped_updates(led: Ledger, smtp: MailServer, 
     assert led.status(rid).standing  # stopping e-mails withdraws nothing else
 
 
-def test_notify_rereads_each_person_before_sending(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_rereads_each_person_before_sending(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
     bob, carl, dan = consent(led, "bob@example.com"), consent(led, "carl@example.com"), consent(led, "dan@example.com")
 
@@ -130,7 +138,7 @@ def test_notify_rereads_each_person_before_sending(led: Ledger, smtp: MailServer
     assert (result.planned, result.skipped) == (4, 3) and notice_count(led) == 1
 
 
-def test_notify_records_each_notice_and_sends_nothing_twice(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_records_each_notice_and_sends_nothing_twice(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com"), consent(led, "bob@example.com")
     manifest = write_manifest(tmp_path / "m.json")
     assert run(led, smtp, manifest).sent == 2
@@ -139,7 +147,7 @@ def test_notify_records_each_notice_and_sends_nothing_twice(led: Ledger, smtp: M
     assert len(smtp.messages) == 2 and led.verify().ok
 
 
-def test_notify_dry_run_sends_and_records_nothing(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_dry_run_sends_and_records_nothing(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
     lines: list[str] = []
     manifest = write_manifest(tmp_path / "m.json")
@@ -149,21 +157,21 @@ def test_notify_dry_run_sends_and_records_nothing(led: Ledger, smtp: MailServer,
     assert smtp.messages == [] and notice_count(led) == 0
 
 
-def test_notify_after_reconsent_to_the_new_version_sends_nothing(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_after_reconsent_to_the_new_version_sends_nothing(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     rid = consent(led, "ann@example.com")
     with led.transaction() as txn:
         txn.append("reconsent", rid, policy_id="privacy", policy_version=V2)
     assert run(led, smtp, write_manifest(tmp_path / "m.json")).sent == 0
 
 
-def test_notify_matches_a_change_without_version_by_effective_date(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_matches_a_change_without_version_by_effective_date(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
     change = {k: v for k, v in CHANGE_2.items() if k != "version"}
     assert run(led, smtp, write_manifest(tmp_path / "m.json", [change])).sent == 1
-    assert led.connection.execute("SELECT policy_version FROM entries WHERE kind = 'notice'").fetchall()[0][0] == V2
+    assert sql(led, "SELECT policy_version FROM entries WHERE kind = 'notice'")[0][0] == V2
 
 
-def test_notify_covers_two_pending_changes_in_one_message(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_covers_two_pending_changes_in_one_message(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
     change_3 = {"date": "2027-02-01", "effective": "2027-03-01", "summary": "New processor.", "material": True, "version": V3}
     run(led, smtp, write_manifest(tmp_path / "m.json", [change_3, CHANGE_2], (V1, V2, V3)))
@@ -173,7 +181,7 @@ def test_notify_covers_two_pending_changes_in_one_message(led: Ledger, smtp: Mai
     assert notice_count(led) == 2
 
 
-def test_notice_links_are_signed_for_the_receipt_and_new_version(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notice_links_are_signed_for_the_receipt_and_new_version(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     rid = consent(led, "ann@example.com")
     run(led, smtp, write_manifest(tmp_path / "m.json"))
     (msg,) = smtp.messages
@@ -183,7 +191,7 @@ def test_notice_links_are_signed_for_the_receipt_and_new_version(led: Ledger, sm
     assert (claim.receipt_id, claim.version) == (rid, V2)
 
 
-def test_notify_records_nothing_when_the_server_is_down(led: Ledger, tmp_path: Path) -> None:
+def test_notify_records_nothing_when_the_server_is_down(led: LedgerStore, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
     result = notify.run(led, settings_for(free_port()), write_manifest(tmp_path / "m.json"), echo=lambda s: None)
     assert (result.failed, result.stopped) == (1, None) and notice_count(led) == 0
@@ -193,12 +201,12 @@ def notify_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from form_handler.cli import main; main()", "notify", *args]
 
 
-def smtp_env(led: Ledger, smtp: MailServer) -> dict[str, str]:
-    return {**os.environ, "POLICY_SITE_LEDGER": str(led.path), "POLICY_SITE_SMTP_HOST": "127.0.0.1",
+def smtp_env(led: LedgerStore, smtp: MailServer) -> dict[str, str]:
+    return {**os.environ, "POLICY_SITE_LEDGER": led.location, "POLICY_SITE_SMTP_HOST": "127.0.0.1",
             "POLICY_SITE_SMTP_PORT": str(smtp.port), "POLICY_SITE_SECRET": "s"}
 
 
-def add_people(led: Ledger, n: int, *, policy: str = "privacy", prefix: str = "p") -> list[str]:
+def add_people(led: LedgerStore, n: int, *, policy: str = "privacy", prefix: str = "p") -> list[str]:
     """n confirmed subscribers on V1, written in batches through the ledger's own API."""
     emails = [f"{prefix}{i}@example.com" for i in range(n)]
     for start in range(0, n, 1000):
@@ -209,7 +217,7 @@ def add_people(led: Ledger, n: int, *, policy: str = "privacy", prefix: str = "p
     return emails
 
 
-def test_notify_killed_mid_run_resends_at_most_the_message_in_flight(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_killed_mid_run_resends_at_most_the_message_in_flight(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     emails = add_people(led, 40)
     manifest, env = write_manifest(tmp_path / "m.json"), smtp_env(led, smtp)
     smtp.hold_after(15)  # the 16th message is taken but never answered: "sent, not recorded"
@@ -242,13 +250,13 @@ def test_notify_killed_at_any_moment_sends_nobody_twice_but_the_one_in_flight(
     assert max(per_recipient.values()) <= 2 and notice_count(led) == 60 and led.verify().ok
 
 
-def test_notify_command_dry_run_prints_addresses_and_exits_zero(led: Ledger, tmp_path: Path) -> None:
+def test_notify_command_dry_run_prints_addresses_and_exits_zero(led: LedgerStore, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from form_handler.cli import cli
 
     consent(led, "ann@example.com")
-    args = ["notify", "--ledger", str(led.path), "--manifest", write_manifest(tmp_path / "m.json"), "--dry-run"]
+    args = ["notify", "--ledger", led.location, "--manifest", write_manifest(tmp_path / "m.json"), "--dry-run"]
     quiet, verbose = CliRunner().invoke(cli, args), CliRunner().invoke(cli, [*args, "--verbose"])
     assert quiet.exit_code == verbose.exit_code == 0, quiet.output + verbose.output
     assert "ann@example.com" not in quiet.output and "privacy change of 2026-11-20: 1" in quiet.output
@@ -256,15 +264,15 @@ def test_notify_command_dry_run_prints_addresses_and_exits_zero(led: Ledger, tmp
     assert "1 would be notified" in quiet.output and notice_count(led) == 0
 
 
-def test_notify_refuses_to_run_beside_another_run(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_refuses_to_run_beside_another_run(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     consent(led, "ann@example.com")
-    with notify.run_lock(led.connection):
+    with notify.run_lock(led):
         with pytest.raises(notify.NotifyError, match="Another notify run"):
             run(led, smtp, write_manifest(tmp_path / "m.json"))
     assert smtp.messages == [] and run(led, smtp, write_manifest(tmp_path / "m.json")).sent == 1
 
 
-def test_each_person_finds_the_same_people_as_reading_everyone(led: Ledger) -> None:
+def test_each_person_finds_the_same_people_as_reading_everyone(led: LedgerStore) -> None:
     ann = consent(led, "ann@example.com")
     consent(led, "ANN@example.com ", version=V2, updates=False, confirm=False)  # a claim, not confirmed
     consent(led, "bob@example.com", confirm=False)
@@ -275,25 +283,25 @@ def test_each_person_finds_the_same_people_as_reading_everyone(led: Ledger) -> N
         txn.append("reconsent", ann, policy_id="privacy", policy_version=V2)
         txn.append("notice", ann, policy_id="privacy", policy_version=V2, change_date="2026-11-20", effective="2026-12-20")
     consent(led, "erin@example.com"), consent(led, "Erin@Example.com", version=V2)
-    everyone = sorted(subscribers.people(led.connection, "privacy"), key=lambda p: p.key)
-    assert list(subscribers.each_person(led.connection, "privacy")) == everyone
+    everyone = sorted(led.read(lambda v: subscribers.people(v, "privacy")), key=lambda p: p.key)
+    assert led.read(lambda v: list(subscribers.each_person(v, "privacy"))) == everyone
     assert [p.key for p in everyone] == ["ann@example.com", "dan@example.com", "erin@example.com"]
 
 
-def test_notify_rate_paces_the_messages(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_rate_paces_the_messages(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     add_people(led, 10)
     started = time.monotonic()
     result = notify.run(led, settings_for(smtp.port), write_manifest(tmp_path / "m.json"), rate=20, echo=lambda s: None)
     assert result.sent == 10 and time.monotonic() - started >= 0.45  # 9 gaps of 1/20 s
 
 
-def test_notify_command_sends_unpaced_by_default(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_command_sends_unpaced_by_default(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from form_handler.cli import cli
 
     add_people(led, 10)
-    args = ["notify", "--ledger", str(led.path), "--manifest", write_manifest(tmp_path / "m.json")]
+    args = ["notify", "--ledger", led.location, "--manifest", write_manifest(tmp_path / "m.json")]
     env = {"POLICY_SITE_SMTP_HOST": "127.0.0.1", "POLICY_SITE_SMTP_PORT": str(smtp.port), "POLICY_SITE_SECRET": "s"}
     assert "at most 20 messages per second" in CliRunner().invoke(cli, [*args, "--dry-run", "--rate", "20"]).output
     started = time.monotonic()
@@ -302,16 +310,16 @@ def test_notify_command_sends_unpaced_by_default(led: Ledger, smtp: MailServer, 
     assert "per second" not in result.output and time.monotonic() - started < 2  # paced at 5/s: 1.8 s of waits alone
 
 
-def test_notify_command_refuses_a_rate_of_zero(led: Ledger, tmp_path: Path) -> None:
+def test_notify_command_refuses_a_rate_of_zero(led: LedgerStore, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from form_handler.cli import cli
 
-    result = CliRunner().invoke(cli, ["notify", "--ledger", str(led.path), "--manifest", str(tmp_path / "m.json"), "--rate", "0"])
+    result = CliRunner().invoke(cli, ["notify", "--ledger", led.location, "--manifest", str(tmp_path / "m.json"), "--rate", "0"])
     assert result.exit_code == 2 and "--rate" in result.output
 
 
-def test_notify_prints_progress_and_failures_but_not_every_person(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_prints_progress_and_failures_but_not_every_person(led: LedgerStore, smtp: MailServer, tmp_path: Path) -> None:
     add_people(led, 3)
     smtp.refuse("p1@example.com")
     lines: list[str] = []
@@ -322,7 +330,7 @@ def test_notify_prints_progress_and_failures_but_not_every_person(led: Ledger, s
     assert lines[-1].startswith("finished 3 of 3 in ") and lines[-1].endswith(": 2 sent, 0 skipped, 1 failed")
 
 
-def test_notify_stops_when_the_server_keeps_failing_and_the_next_run_resumes(led: Ledger, tmp_path: Path) -> None:
+def test_notify_stops_when_the_server_keeps_failing_and_the_next_run_resumes(led: LedgerStore, tmp_path: Path) -> None:
     add_people(led, notify.MAX_FAILURES_IN_A_ROW + 5)
     port, manifest = free_port(), write_manifest(tmp_path / "m.json")
     result = notify.run(led, settings_for(port), manifest, echo=lambda s: None)  # nobody listens on the port
@@ -332,7 +340,8 @@ def test_notify_stops_when_the_server_keeps_failing_and_the_next_run_resumes(led
     assert again.sent == len(set(smtp.recipients())) == notify.MAX_FAILURES_IN_A_ROW + 5 and again.stopped is None
 
 
-def test_notify_holds_no_read_snapshot_while_sending(led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+def test_notify_holds_no_read_snapshot_while_sending(sqlite_led: Ledger, smtp: MailServer, tmp_path: Path) -> None:
+    led = sqlite_led
     add_people(led, 3)
     checkpoints: list[tuple[int, int, int]] = []
 
@@ -385,7 +394,7 @@ def test_notify_plans_in_memory_independent_of_the_number_of_people(crowd: Path,
     with Ledger(crowd, readonly=True) as led:  # what holding everyone takes: every receipt in one dict
         tracemalloc.start()
         try:
-            subscribers.people(led.connection, "privacy")
+            led.read(lambda v: subscribers.people(v, "privacy"))
             everyone = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -71,7 +71,7 @@ def outbox_rows(settings: Settings) -> int:
 def wait_until_sent(settings: Settings, count: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     with Ledger(settings.ledger_path, readonly=True) as led:
-        while outbox.status(led.connection)["sent"] < count:
+        while outbox.status(led)["sent"] < count:
             assert time.monotonic() < deadline, f"the service did not send {count} queued mails"
             time.sleep(0.02)
 

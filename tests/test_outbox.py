@@ -4,13 +4,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
-from ledger_helpers import draft
+from ledger_helpers import draft, sql
 from mailserver import MailServer, free_port
 
 from form_handler.mail import outbox
-from form_handler.ledger.sqlite.store import Ledger
+from form_handler.ledger.contract import LedgerStore
 from form_handler.mail.message import confirmation_message
 from form_handler.settings import Settings
 
@@ -18,28 +17,21 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Any:
-    Ledger(tmp_path / "ledger.sqlite3").close()  # the outbox lives in the ledger's database, beside its entries
-    connection = apsw.Connection(str(tmp_path / "ledger.sqlite3"))
-    connection.execute("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000")
-    outbox.ensure_schema(connection)
-    return connection
+def db(store: LedgerStore) -> LedgerStore:
+    """The outbox lives in the ledger's database, beside its entries: each test runs on both backends."""
+    return store
 
 
-def queue(db: Any, to: str = "ann@example.com", receipt_id: str = "r-1") -> int:
+def queue(db: LedgerStore, to: str = "ann@example.com", receipt_id: str = "r-1") -> int:
     msg = confirmation_message(Settings(), to=to, title="Privacy Policy", confirm_url="https://x/c?token=1",
                                updates=True, third_parties=False)
-    with db:
-        return outbox.enqueue(db, receipt_id=receipt_id, kind="confirmation", msg=msg, now=T0)
+    with db.transaction() as txn:
+        return outbox.enqueue(txn, receipt_id=receipt_id, kind="confirmation", msg=msg, now=T0)
 
 
-def row(db: Any, row_id: int) -> tuple[Any, ...]:
-    return tuple(
-        db.execute(
-            "SELECT attempts, next_attempt_at, sent_at, recipient, length(message), gave_up_at FROM outbox WHERE id = ?",
-            (row_id,),
-        ).fetchone()
-    )
+def row(db: LedgerStore, row_id: int) -> tuple[Any, ...]:
+    return sql(db, "SELECT attempts, next_attempt_at, sent_at, recipient, length(message), gave_up_at FROM outbox"
+                   " WHERE id = ?", (row_id,))[0]
 
 
 def settings_for(port: int) -> Settings:
@@ -51,7 +43,7 @@ def test_backoff_doubles_from_30_seconds_and_caps_at_an_hour() -> None:
     assert outbox.backoff(30) == 3600
 
 
-def test_send_due_sends_once_and_forgets_the_address(db: Any) -> None:
+def test_send_due_sends_once_and_forgets_the_address(db: LedgerStore) -> None:
     row_id = queue(db)
     with MailServer() as smtp:
         assert outbox.send_due(db, settings_for(smtp.port), now=T0) == outbox.PassResult(1, 0, 0)
@@ -61,7 +53,7 @@ def test_send_due_sends_once_and_forgets_the_address(db: Any) -> None:
     assert (attempts, recipient, size) == (1, "", 0) and sent_at is not None
 
 
-def test_send_due_retries_with_backoff_when_the_server_is_down_at_first(db: Any) -> None:
+def test_send_due_retries_with_backoff_when_the_server_is_down_at_first(db: LedgerStore) -> None:
     row_id = queue(db)
     port = free_port()
     assert outbox.send_due(db, settings_for(port), now=T0) == outbox.PassResult(0, 1, 0)
@@ -73,7 +65,7 @@ def test_send_due_retries_with_backoff_when_the_server_is_down_at_first(db: Any)
     assert row(db, row_id)[0] == 2 and row(db, row_id)[2] is not None
 
 
-def test_second_failure_doubles_the_wait(db: Any) -> None:
+def test_second_failure_doubles_the_wait(db: LedgerStore) -> None:
     row_id = queue(db)
     port = free_port()
     outbox.send_due(db, settings_for(port), now=T0)
@@ -82,7 +74,7 @@ def test_second_failure_doubles_the_wait(db: Any) -> None:
     assert outbox.next_due(db) == T0 + timedelta(seconds=90)
 
 
-def test_a_claimed_row_is_not_sent_by_another_sender(db: Any) -> None:
+def test_a_claimed_row_is_not_sent_by_another_sender(db: LedgerStore) -> None:
     queue(db)
     claimed = outbox.claim_due(db, now=T0)
     assert len(claimed) == 1
@@ -92,7 +84,7 @@ def test_a_claimed_row_is_not_sent_by_another_sender(db: Any) -> None:
         assert outbox.send_due(db, settings_for(smtp.port), now=T0 + timedelta(seconds=outbox.LEASE)).sent == 1
 
 
-def test_permanent_refusal_gives_up_without_retrying(db: Any) -> None:
+def test_permanent_refusal_gives_up_without_retrying(db: LedgerStore) -> None:
     refused, ok = queue(db, "gone@example.com", "r-1"), queue(db, "ann@example.com", "r-2")
     with MailServer() as smtp:
         smtp.refuse("gone@example.com")
@@ -102,7 +94,7 @@ def test_permanent_refusal_gives_up_without_retrying(db: Any) -> None:
     assert outbox.status(db) == {"queued": 0, "sent": 1, "gave_up": 1}
 
 
-def test_giving_up_forgets_the_address_and_message(db: Any) -> None:
+def test_giving_up_forgets_the_address_and_message(db: LedgerStore) -> None:
     refused, later = queue(db, "gone@example.com", "r-1"), queue(db, "ann@example.com", "r-2")
     assert outbox.mark_failed(db, refused, 0, "550 no such user", now=T0, permanent=True)
     assert not outbox.mark_failed(db, later, 0, "connection refused", now=T0, permanent=False)
@@ -112,11 +104,11 @@ def test_giving_up_forgets_the_address_and_message(db: Any) -> None:
 
 
 @pytest.mark.parametrize("how", ["withdraw", "unsubscribe", "erase"])
-def test_a_queued_confirmation_is_not_sent_after_the_receipt_is_withdrawn(tmp_path: Path, how: str) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+def test_a_queued_confirmation_is_not_sent_after_the_receipt_is_withdrawn(store: LedgerStore, how: str) -> None:
+    ledger = store
     with ledger.transaction() as txn:
         receipt = txn.append_consent(draft(updates=True))
-    queue(ledger.connection, "ada@example.org", receipt.receipt_id)
+    queue(ledger, "ada@example.org", receipt.receipt_id)
     with ledger.transaction() as txn:
         if how == "withdraw":
             txn.withdraw(receipt.receipt_id, receipt.withdraw_token)
@@ -125,41 +117,36 @@ def test_a_queued_confirmation_is_not_sent_after_the_receipt_is_withdrawn(tmp_pa
         else:  # erase() also deletes the row; a bare erasure entry shows that the claim itself refuses it
             txn.append("erasure", receipt.receipt_id)
     with MailServer() as smtp:
-        assert outbox.send_due(ledger.connection, settings_for(smtp.port), now=T0) == outbox.PassResult(0, 0, 0)
+        assert outbox.send_due(ledger, settings_for(smtp.port), now=T0) == outbox.PassResult(0, 0, 0)
         assert smtp.recipients() == []
-    assert row(ledger.connection, 1)[3:] == ("", 0, "2026-11-20T12:00:00Z")
+    assert row(ledger, 1)[3:] == ("", 0, "2026-11-20T12:00:00Z")
 
 
-def test_stopping_change_e_mails_keeps_a_confirmation_that_third_party_consent_waits_for(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+def test_stopping_change_e_mails_keeps_a_confirmation_that_third_party_consent_waits_for(store: LedgerStore) -> None:
+    ledger = store
     with ledger.transaction() as txn:
         receipt = txn.append_consent(draft(updates=True, third=True))
         txn.append("withdrawal", receipt.receipt_id, consent_updates=False)  # the unsubscribe: e-mails only
-    queue(ledger.connection, "ada@example.org", receipt.receipt_id)
+    queue(ledger, "ada@example.org", receipt.receipt_id)
     with MailServer() as smtp:
-        assert outbox.send_due(ledger.connection, settings_for(smtp.port), now=T0).sent == 1
+        assert outbox.send_due(ledger, settings_for(smtp.port), now=T0).sent == 1
         assert smtp.recipients() == ["ada@example.org"]
 
 
-def test_forget_removes_every_row_of_the_receipt(db: Any) -> None:
+def test_forget_removes_every_row_of_the_receipt(db: LedgerStore) -> None:
     queue(db, receipt_id="r-1"), queue(db, receipt_id="r-1"), queue(db, receipt_id="r-2")
-    with db:
-        assert outbox.forget(db, "r-1") == 2
-    assert db.execute("SELECT receipt_id FROM outbox").fetchall() == [("r-2",)]
+    with db.transaction() as txn:
+        assert outbox.forget(txn, "r-1") == 2
+    assert sql(db, "SELECT receipt_id FROM outbox") == [("r-2",)]
 
 
-def test_forget_without_an_outbox_table_does_nothing(tmp_path: Path) -> None:
-    assert outbox.forget(apsw.Connection(str(tmp_path / "empty.sqlite3")), "r-1") == 0
-
-
-def test_mail_send_command_sends_the_queue_once(tmp_path: Path) -> None:
+def test_mail_send_command_sends_the_queue_once(store: LedgerStore) -> None:
     from click.testing import CliRunner
 
     from form_handler.cli import cli
 
-    path = tmp_path / "ledger.sqlite3"
-    connection = apsw.Connection(str(path))
-    queue(connection)
+    path = store.location
+    queue(store)
     with MailServer() as smtp:
         env = {"POLICY_SITE_SMTP_HOST": "127.0.0.1", "POLICY_SITE_SMTP_PORT": str(smtp.port)}
         first = CliRunner().invoke(cli, ["mail", "send", "--ledger", str(path)], env=env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 from form_handler.web import pages
@@ -78,3 +79,14 @@ def test_receipt_shown_in_place_uses_the_same_words_as_the_receipt_page() -> Non
     assert f"var CONFIRMATION_SENTENCE = {json.dumps(pages.CONFIRMATION_SENTENCE)};" in script
     for key, flags in (("updates", (True, False)), ("third_parties", (False, True)), ("both", (True, True))):
         assert f"{json.dumps(key)}: {json.dumps(pages.CONFIRMATION_WAITS[flags])}" in script
+
+
+def test_receipt_shown_in_place_says_the_receipt_pages_fixed_sentences() -> None:
+    script = (Path(__file__).parents[1] / "site_src" / "assets" / "feedback.js").read_text(encoding="utf-8")
+    template = (Path(pages.__file__).parent / "pages" / "receipt_content.html").read_text(encoding="utf-8")
+    words = " ".join(re.sub(r"<[^>]+>|\{[{%].*?[%}]\}", " ", template).split())
+    for name in ("TOKEN_WARNING", "TOKEN_WHY", "KEEP_FILE", "MANAGE_LATER"):
+        sentence = json.loads(re.search(rf"var {name} = (\"[^\n]*\");", script).group(1))
+        assert sentence.strip() in words, f"{name} differs from receipt_content.html"
+    for heading in ("Your choices", "Your message", "Withdrawal token", "Keep your receipt"):
+        assert f"<h2>{heading}</h2>" in template and f'el("h2", "{heading}")' in script

@@ -7,12 +7,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import apsw
 import pytest
 from ledger_helpers import draft
 
-from form_handler.ledger.sqlite import reports
-from form_handler.ledger.sqlite.store import Ledger, LedgerUnavailable
+from form_handler.ledger.sqlite.store import Ledger, LedgerTxn, LedgerUnavailable
 
 
 @pytest.fixture
@@ -29,7 +27,8 @@ def test_concurrent_reads_run_at_once_each_on_its_own_connection(path: Path) -> 
     held: set[int] = set()
     guard = threading.Lock()
 
-    def read(conn: apsw.Connection) -> int:
+    def read(view: LedgerTxn) -> int:
+        conn = view.connection
         with guard:
             assert id(conn) not in held, "one connection lent to two threads at once"
             held.add(id(conn))
@@ -47,7 +46,7 @@ def test_concurrent_reads_run_at_once_each_on_its_own_connection(path: Path) -> 
 def test_pool_is_bounded_and_the_next_reader_waits_for_a_connection(path: Path) -> None:
     inside, release = threading.Barrier(3, timeout=10), threading.Event()
 
-    def hold(conn: apsw.Connection) -> None:
+    def hold(view: LedgerTxn) -> None:
         inside.wait()
         release.wait(10)
 
@@ -64,7 +63,8 @@ def test_pool_is_bounded_and_the_next_reader_waits_for_a_connection(path: Path) 
 
 def test_read_runs_in_one_snapshot_while_a_writer_appends(path: Path) -> None:
     with Ledger(path) as writer, Ledger(path, readonly=True) as reader:
-        def two_counts(conn: apsw.Connection) -> tuple[int, int]:
+        def two_counts(view: LedgerTxn) -> tuple[int, int]:
+            conn = view.connection
             first = conn.execute("SELECT count(*) FROM entries").fetchall()[0][0]
             writer.append_consent(draft())  # committed by another connection meanwhile
             return int(first), int(conn.execute("SELECT count(*) FROM entries").fetchall()[0][0])
@@ -79,9 +79,9 @@ def test_file_that_is_not_a_database_is_unavailable_to_readers_then_recovers(pat
         os.replace(path, saved)
         path.write_bytes(b"this is not a database " * 500)
         with pytest.raises(LedgerUnavailable, match="cannot read the ledger now"):
-            reader.read(reports.stats)
+            reader.stats()
         with pytest.raises(LedgerUnavailable):
             reader.verify()
         assert reader._readers.opened == 0  # the failed connections were not kept
         os.replace(saved, path)
-        assert reader.read(reports.stats)["submissions"] == 20
+        assert reader.stats()["submissions"] == 20

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import apsw
+import psycopg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ledger_helpers import draft
+from pgserver import PgServer
 
 from form_handler.web import mail_routes
 
 from form_handler.ledger.sqlite import reports
 
 from form_handler.consent import tokens
+from form_handler.ledger import open_ledger
 from form_handler.ledger.sqlite.store import Ledger
 
 DAYS = ("2026-01-01", "2026-01-02", "2026-03-15")
@@ -28,9 +31,10 @@ POLICIES = ("privacy", "terms")
 VERSIONS = ("1" * 64, "2" * 64, None)
 FLAG = st.sampled_from((0, 1, None))
 # (kind, which receipt, day, policy, version, contact, updates, third parties); a "stop" is the e-mail
-# unsubscribe (a withdrawal naming consent_updates), "withdrawal" the one without flags.
-OP = st.tuples(st.sampled_from(("consent", "consent", "reconsent", "withdrawal", "stop", "erasure", "confirmation",
-                                "notice")),
+# unsubscribe (a withdrawal naming consent_updates), "withdrawal" the one without flags, and "some" a withdrawal
+# naming the consents whose flag is not None (false; all None is a withdrawal of everything), as schema 7 reads it.
+OP = st.tuples(st.sampled_from(("consent", "consent", "reconsent", "withdrawal", "stop", "some", "some", "erasure",
+                                "confirmation", "notice")),
                st.integers(0, 30), st.sampled_from(DAYS), st.sampled_from(POLICIES), st.sampled_from(VERSIONS),
                FLAG, FLAG, FLAG)
 
@@ -49,8 +53,9 @@ def recounted(conn: apsw.Connection) -> tuple[Any, ...]:
     standing = "FROM receipts WHERE NOT withdrawn AND NOT erased"
     totals = conn.execute(
         "SELECT count(*), coalesce(sum(withdrawn), 0), coalesce(sum(erased), 0) FROM receipts").fetchall()[0]
-    sums = conn.execute(f"SELECT count(*), coalesce(sum(consent_contact), 0), coalesce(sum(consent_updates AND NOT"
-                        f" updates_stopped), 0), coalesce(sum(consent_third_parties), 0) {standing}").fetchall()[0]
+    sums = conn.execute(f"SELECT count(*), coalesce(sum(consent_contact AND NOT contact_stopped), 0),"
+                        f" coalesce(sum(consent_updates AND NOT updates_stopped), 0),"
+                        f" coalesce(sum(consent_third_parties AND NOT third_parties_stopped), 0) {standing}").fetchall()[0]
     days = conn.execute(f"SELECT substr(recorded_at, 1, 10), count(*) {standing} GROUP BY 1 ORDER BY 1").fetchall()
     versions = conn.execute(f"SELECT policy_id, policy_version, count(*) {standing} GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
     return tuple(totals) + tuple(sums), days, versions
@@ -64,6 +69,15 @@ def insert(conn: apsw.Connection, kind: str, receipt_id: str, day: str, policy: 
         " consent_contact, consent_updates, consent_third_parties) VALUES (?, ?, ?, x'7b7d', ?, ?, ?, ?, ?, ?, ?, ?)",
         (seq, f"prev {seq}", f"hash {seq}", kind, receipt_id, f"{day}T12:00:00.000Z", policy, version, *flags),
     )
+
+
+def named(kind: str, flags: tuple[int | None, int | None, int | None]) -> tuple[int | None, ...]:
+    """The consent flags of a generated entry that is not a consent: a withdrawal names consents by setting them 0."""
+    if kind == "stop":
+        return (None, 0, None)
+    if kind == "some":
+        return tuple(None if f is None else 0 for f in flags)
+    return (None, None, None)
 
 
 def test_counters_equal_a_recount_after_any_mix_of_entries(tmp_path: Path) -> None:
@@ -81,9 +95,9 @@ def test_counters_equal_a_recount_after_any_mix_of_entries(tmp_path: Path) -> No
                         receipts.append(f"r{len(receipts)}")
                         insert(conn, kind, receipts[-1], day, policy, version or "1" * 64, (contact, updates, third))
                     elif receipts:
-                        flags = (None, 0, None) if kind == "stop" else (None, None, None)
-                        insert(conn, "withdrawal" if kind == "stop" else kind, receipts[which % len(receipts)], day,
-                               policy, version if kind in ("reconsent", "notice") else None, flags)
+                        flags = named(kind, (contact, updates, third))
+                        insert(conn, "withdrawal" if kind in ("stop", "some") else kind, receipts[which % len(receipts)],
+                               day, policy, version if kind in ("reconsent", "notice") else None, flags)
                 assert counted(conn) == recounted(conn)
                 assert reports.stats(conn) == reports.recount_stats(conn)
             finally:
@@ -128,3 +142,63 @@ def test_counters_follow_the_ledgers_own_writes_and_the_link_routes(tmp_path: Pa
         assert counted(conn) == recounted(conn) and stats == reports.recount_stats(conn)
     assert stats["submissions"] == 60 and stats["erased"] == 15 and stats["standing"] is not None
     assert all(v is not None for v in stats["per_consent"].values())
+
+
+def pg_counted(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """counted() on the PostgreSQL ledger."""
+    totals = conn.execute("SELECT submissions, withdrawn, erased, standing, contact, updates, third_parties"
+                          " FROM stats_totals").fetchall()[0]
+    days = conn.execute("SELECT day, n FROM stats_days WHERE n <> 0 ORDER BY 1").fetchall()
+    versions = conn.execute("SELECT policy_id, policy_version, sum(n) FROM stats_versions GROUP BY 1, 2"
+                            " HAVING sum(n) <> 0 ORDER BY 1, 2").fetchall()
+    return tuple(int(n) for n in totals), [(d, int(n)) for d, n in days], [(p, v, int(n)) for p, v, n in versions]
+
+
+def pg_recounted(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """recounted() on the PostgreSQL ledger, from its receipts view."""
+    standing = "FROM receipts WHERE NOT withdrawn AND NOT erased"
+    totals = conn.execute("SELECT count(*), count(*) FILTER (WHERE withdrawn), count(*) FILTER (WHERE erased)"
+                          " FROM receipts").fetchall()[0]
+    sums = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE consent_contact <> 0 AND NOT contact_stopped),"
+                        f" count(*) FILTER (WHERE consent_updates <> 0 AND NOT updates_stopped),"
+                        f" count(*) FILTER (WHERE consent_third_parties <> 0 AND NOT third_parties_stopped)"
+                        f" {standing}").fetchall()[0]
+    days = conn.execute(f"SELECT substr(recorded_at, 1, 10), count(*) {standing} GROUP BY 1 ORDER BY 1").fetchall()
+    versions = conn.execute(f"SELECT policy_id, policy_version, count(*) {standing} GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    return (tuple(int(n) for n in (*totals, *sums)), [(d, int(n)) for d, n in days],
+            [(p, v, int(n)) for p, v, n in versions])
+
+
+def test_postgres_counters_equal_a_recount_after_any_mix_of_entries(postgres: PgServer) -> None:
+    url = postgres.create_database()
+    try:
+        open_ledger(url).close()  # creates the schema
+        with psycopg.connect(url) as conn:
+
+            @settings(max_examples=60, deadline=None)
+            @given(st.lists(OP, max_size=60))
+            def check(ops: list[tuple[Any, ...]]) -> None:
+                try:
+                    receipts: list[str] = []
+                    for seq, (kind, which, day, policy, version, contact, updates, third) in enumerate(ops, 1):
+                        if kind == "consent":
+                            receipts.append(f"r{len(receipts)}")
+                            rid, flags, ver = receipts[-1], (contact, updates, third), version or "1" * 64
+                        elif receipts:
+                            rid, flags = receipts[which % len(receipts)], named(kind, (contact, updates, third))
+                            ver = version if kind in ("reconsent", "notice") else None
+                        else:
+                            continue
+                        conn.execute(
+                            "INSERT INTO entries (seq, prev_hash, hash, canonical, kind, receipt_id, recorded_at,"
+                            " policy_id, policy_version, consent_contact, consent_updates, consent_third_parties)"
+                            " VALUES (%s, %s, %s, '\\x7b7d', %s, %s, %s, %s, %s, %s, %s, %s)",
+                            (seq, f"prev {seq}", f"hash {seq}", "withdrawal" if kind in ("stop", "some") else kind,
+                             rid, f"{day}T12:00:00.000Z", policy, ver, *flags))
+                    assert pg_counted(conn) == pg_recounted(conn)
+                finally:
+                    conn.rollback()
+
+            check()
+    finally:
+        postgres.drop_database(url)

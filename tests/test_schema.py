@@ -12,7 +12,7 @@ from ledger_helpers import draft, make_read_only, make_writable
 from form_handler.ledger.sqlite import reports
 
 from form_handler.consent import subscribers
-from form_handler.ledger.sqlite.store import Ledger, LedgerError
+from form_handler.ledger.sqlite.store import Ledger, LedgerError, LedgerTxn
 from form_handler.ledger.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, user_version
 
 # Made by tests/fixtures/ledgers/make_schema_2.py with the code of commit df04920: 3 consents (entry v1,
@@ -40,7 +40,7 @@ def test_fixture_is_a_schema_2_ledger(old: Path) -> None:
 
 def test_schema_2_ledger_migrates_in_place_and_still_verifies(old: Path) -> None:
     with Ledger(old) as led:
-        assert user_version(led.connection) == SCHEMA_VERSION == MIGRATIONS[-1].version == 5
+        assert user_version(led.connection) == SCHEMA_VERSION == MIGRATIONS[-1].version == 7
         assert "page" in columns(led.connection, "personal")
         report = led.verify()
         rows = list(led.export())
@@ -65,7 +65,7 @@ def test_migrated_ledger_takes_v2_consents_beside_v1_ones(old: Path) -> None:
 def test_migration_runs_once(old: Path) -> None:
     Ledger(old).close()
     with Ledger(old) as led:  # a second open finds schema 5 and applies nothing (ADD COLUMN twice would fail)
-        assert user_version(led.connection) == 5 and columns(led.connection, "personal").count("page") == 1
+        assert user_version(led.connection) == 7 and columns(led.connection, "personal").count("page") == 1
 
 
 def test_failed_migration_leaves_the_ledger_as_it_was(old: Path) -> None:
@@ -105,8 +105,8 @@ def test_migration_fills_email_key_as_addresses_are_compared(old: Path) -> None:
     conn.close()
     with Ledger(old) as led:
         rows = led.connection.execute("SELECT email_key FROM personal WHERE email IS NOT NULL").fetchall()
-        (bob,) = subscribers.receipts_of_address(led.connection, "privacy", "bob.strasse@example.org")
-        person = subscribers.person_of(led.connection, bob)
+        (bob,) = subscribers.receipts_of_address(LedgerTxn(led.connection), "privacy", "bob.strasse@example.org")
+        person = subscribers.person_of(LedgerTxn(led.connection), bob)
     assert rows == [("bob.strasse@example.org",)]
     assert person is not None and person.latest_version == "2" * 64  # his reconsent, found by the index
 
@@ -121,6 +121,6 @@ def test_migration_counts_the_statistics_of_the_ledger_as_it_is(old: Path) -> No
         days = conn.execute("SELECT sum(n) FROM stats_days").fetchall()
         for i in range(5):
             led.append_consent(draft(email=f"p{i}@example.org"))
-        stats, recount = led.stats(), led.read(reports.recount_stats)
+        stats, recount = led.stats(), led.read(lambda view: reports.recount_stats(view.connection))
     assert totals == [(3, 1, 1, 1, 1, 1, 0)] and versions == [("privacy", "2" * 64, 1)] and days == [(1,)]
     assert stats == recount and stats["standing"] == 6

@@ -14,6 +14,7 @@ from ledger_helpers import draft
 
 from form_handler.consent import subscribers
 from form_handler.consent.addresses import email_key
+from form_handler.ledger.contract import LedgerStore
 from form_handler.ledger.sqlite.store import ConsentDraft, Ledger, LedgerTxn
 
 # Spellings of three addresses; SQLite's lower() would not make the last two one address, casefold does.
@@ -30,7 +31,7 @@ def scanned_person_of(conn: apsw.Connection, receipt_id: str) -> subscribers.Per
                        " WHERE c.receipt_id = ? AND c.kind = 'consent'", (receipt_id,)).fetchone()
     if row is None or not row[1]:
         return None
-    for person in subscribers.people(conn, row[0]):
+    for person in subscribers.people(LedgerTxn(conn), row[0]):
         if person.key == email_key(row[1]) and receipt_id in person.receipt_ids:
             return person
     return None
@@ -70,7 +71,7 @@ def test_person_of_by_index_is_the_person_of_a_full_read(tmp_path: Path) -> None
                 for op in ops:
                     apply(LedgerTxn(conn), receipts, op)
                 for rid in receipts:
-                    assert subscribers.person_of(conn, rid) == scanned_person_of(conn, rid)
+                    assert subscribers.person_of(LedgerTxn(conn), rid) == scanned_person_of(conn, rid)
             finally:
                 conn.execute("ROLLBACK")
 
@@ -82,7 +83,7 @@ def test_receipts_of_an_address_are_found_through_the_index(tmp_path: Path) -> N
         ids = [led.append_consent(draft(email)).receipt_id for email in ("straße@example.org", "STRASSE@example.org",
                                                                          "other@example.org")]
         conn = led.connection
-        found = subscribers.receipts_of_address(conn, "privacy", email_key("Strasse@Example.org"))
+        found = subscribers.receipts_of_address(LedgerTxn(conn), "privacy", email_key("Strasse@Example.org"))
         plan = [row[3] for row in conn.execute(
             "EXPLAIN QUERY PLAN SELECT p.receipt_id FROM personal p JOIN entries c ON c.receipt_id = p.receipt_id"
             " AND c.kind = 'consent' WHERE p.email_key = ? AND c.policy_id = ?", ("x", "privacy"))]
@@ -92,8 +93,8 @@ def test_receipts_of_an_address_are_found_through_the_index(tmp_path: Path) -> N
 
 
 @pytest.fixture
-def ann(tmp_path: Path) -> tuple[Ledger, str]:
-    led = Ledger(tmp_path / "ledger.sqlite3")
+def ann(store: LedgerStore) -> tuple[LedgerStore, str]:
+    led = store  # both backends
     receipt = led.append_consent(draft("ann@example.org", updates=True))
     led.append_consent(draft("bob@example.org", updates=True))
     return led, receipt.receipt_id
@@ -104,7 +105,7 @@ def ann(tmp_path: Path) -> tuple[Ledger, str]:
     ("an entry of her receipt", True), ("a new consent from her address, spelled otherwise", True),
     ("the erasure of her receipt", True),
 ])
-def test_changed_since_sees_only_what_touches_the_address(ann: tuple[Ledger, str], what: str, changed: bool) -> None:
+def test_changed_since_sees_only_what_touches_the_address(ann: tuple[LedgerStore, str], what: str, changed: bool) -> None:
     led, receipt_id = ann
     before = led.read(lambda conn: subscribers.seen(conn, receipt_id))
     with led.transaction() as txn:
@@ -118,5 +119,4 @@ def test_changed_since_sees_only_what_touches_the_address(ann: tuple[Ledger, str
             txn.append_consent(draft("Ann@Example.org"))
         else:
             txn.erase(receipt_id)
-        assert subscribers.changed_since(txn.connection, before) is changed
-    led.close()
+        assert subscribers.changed_since(txn, before) is changed

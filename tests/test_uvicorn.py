@@ -159,7 +159,7 @@ def test_100_concurrent_mixed_requests_get_no_5xx_and_the_ledger_verifies(tmp_pa
     confirmed = sum(1 for kind, r in answered if kind == "POST confirm" and r.status_code == 200)
     with Ledger(ledger, readonly=True) as reader:
         exported = {row["receipt_id"] for row in reader.export()}
-        stored = dict(reader.read(lambda conn: conn.execute(
+        stored = dict(reader.read(lambda view: view.connection.execute(
             "SELECT kind || CASE WHEN kind = 'withdrawal' AND consent_updates IS NOT NULL THEN ' of updates'"
             " ELSE '' END, count(*) FROM entries GROUP BY 1").fetchall()))
     assert acked <= exported and len(acked) == 40

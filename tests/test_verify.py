@@ -274,3 +274,13 @@ def test_ledger_verify_checks_a_ledger_of_several_ranges_in_processes(ledger: Le
     flip_byte(ledger, 1234)
     for workers in (None, 1, 4):
         assert ledger.verify(workers=workers) == reference(ledger)
+
+
+def test_verify_withdrawals_of_one_consent_without_the_row_by_row_pass(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.sqlite3") as led:
+        receipt = led.append_consent(draft(email="ann@example.org", third=True, updates=True))
+        with led.transaction() as txn:
+            for name in ("consent_contact", "consent_updates", "consent_third_parties"):
+                txn.append("withdrawal", receipt.receipt_id, **{name: False})
+        outcome = run(led)
+        assert outcome.report.ok and outcome.report.count == 4 and outcome.exact_rows == 0

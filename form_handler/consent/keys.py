@@ -22,12 +22,14 @@ import logging
 import os
 import secrets
 import stat
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
 
-from form_handler.ledger.sqlite.store import Ledger, LedgerUnavailable
+from form_handler.ledger import is_postgres, open_ledger
+from form_handler.ledger.types import LedgerUnavailable
 from form_handler.settings import Settings
 
 FORMAT = "policy-site link keys"
@@ -95,9 +97,10 @@ def adopt_legacy_key(settings: Settings) -> bool:
     With POLICY_SITE_SECRET set, or a key file already there, the old key was not signing anything and
     is only wiped. Returns True when a key was found. A ledger that cannot be written now keeps it
     until the next start."""
-    if not settings.ledger_path.exists():
-        return False
-    with Ledger(settings.ledger_path) as ledger:
+    if is_postgres(settings.ledger) or not settings.ledger_path.exists():
+        return False  # a PostgreSQL ledger never held a link key
+    ledger = open_ledger(settings.ledger)
+    with closing(ledger):
         try:
             key = ledger.legacy_link_key()
             if key is None:

@@ -36,12 +36,27 @@ class PolicyEntry:
     versions: dict[str, str]
 
 
+def policy_records(data: bytes, source: str) -> list[dict[str, Any]]:
+    """The manifest's `policies` list, each a JSON object with an id and a version; the one reader of its JSON.
+
+    Raises ManifestUnavailable with one sentence naming the manifest and the problem."""
+    try:
+        listed = json.loads(data.decode("utf-8"))["policies"]
+        if not isinstance(listed, list) or not all(isinstance(p, dict) and "id" in p and "version" in p for p in listed):
+            raise ValueError("every policy needs an id and a version")
+        return listed
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ManifestUnavailable(
+            f"{source}: not a policy-versions.json with a 'policies' list of id/version entries ({e})."
+        ) from None
+
+
 def parse_manifest(data: bytes, source: str) -> dict[str, PolicyEntry]:
     """Read the manifest's policies; raise ManifestUnavailable with one sentence naming the problem."""
+    records = policy_records(data, source)
     try:
-        doc = json.loads(data.decode("utf-8"))
         policies: dict[str, PolicyEntry] = {}
-        for p in doc["policies"]:
+        for p in records:
             url = str(p.get("url", ""))
             versions = {str(v["version"]): str(v.get("url") or url) for v in p.get("versions", [])}
             versions.setdefault(str(p["version"]), url)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from form_handler.ledger.sqlite.store import ConsentDraft
+from form_handler.ledger.types import ConsentDraft
 
 MESSAGE_MAX = 5000
 EMAIL_MAX = 254

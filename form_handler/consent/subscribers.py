@@ -9,23 +9,25 @@ policy. What counts, entry by entry (all chained, so the decision can be proven 
   unconfirmed one is kept as what it is (a claim) and changes nobody's version, subscription or
   sharing (form_handler/reports.py applies the same rule to the third-party export);
 - reconsent: agreed to a newer version from a notice link;
-- withdrawal: with no consent flag, every consent of the receipt is withdrawn; with
-  `consent_updates: false` only the wish for e-mails about changes is;
+- withdrawal: naming no consent, every consent of the receipt is withdrawn; naming some (set false), exactly
+  those are (types.withdrawn_consents): `consent_updates: false` is the unsubscribe, only the wish for
+  e-mails about changes;
 - erasure: the address is gone, so the receipt cannot be matched to anyone any more;
 - notice: a change notice about the version `policy_version` was sent.
 
-The read works on any apsw connection, including the one inside a writer transaction, so a route can
-decide ("was this link already used?") and record in one transaction.
+Each function reads through a ledger view (contract.LedgerView): a read snapshot, or the writer's
+transaction, so a route can decide ("was this link already used?") and record in one transaction.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from form_handler.consent.addresses import email_key
+from form_handler.ledger.contract import LedgerView
+from form_handler.ledger.types import withdraws_all, withdrawn_consents
 
 
 @dataclass
@@ -36,6 +38,8 @@ class _Receipt:
     confirmed: bool = False
     withdrawn: bool = False
     updates_withdrawn: bool = False
+    third_parties: bool = False
+    third_parties_withdrawn: bool = False
     erased: bool = False
     # (seq, version, recorded_at) of the consent and every reconsent, in ledger order
     agreed: list[tuple[int, str, str]] = field(default_factory=list)
@@ -69,84 +73,61 @@ class Person:
         return email_key(self.email)
 
 
-def _receipts(connection: Any, policy_id: str, only: tuple[str, ...] | None = None) -> dict[str, _Receipt]:
+def _receipts(view: LedgerView, policy_id: str, only: tuple[str, ...] | None = None) -> dict[str, _Receipt]:
     # Every entry of every receipt whose consent was for this policy (or of the receipts `only`), in chain order.
-    sql = (
-        "SELECT e.seq, e.kind, e.receipt_id, e.recorded_at, e.policy_version, e.consent_updates, p.email"
-        " FROM entries e JOIN entries c ON c.receipt_id = e.receipt_id AND c.kind = 'consent'"
-        " LEFT JOIN personal p ON p.receipt_id = e.receipt_id"
-        " WHERE c.policy_id = ?"
-    )
-    if only is None:
-        rows = connection.execute(sql + " ORDER BY e.seq", (policy_id,))
-    else:
-        # The receipt ids travel as one bound JSON array; the receipt index finds each one.
-        sql += " AND e.receipt_id IN (SELECT value FROM json_each(?)) ORDER BY e.seq"
-        rows = connection.execute(sql, (policy_id, json.dumps(list(only))))
     receipts: dict[str, _Receipt] = {}
-    for row in rows:
+    for row in view.policy_entries(policy_id, only):
         _fold(receipts, row)
     return receipts
 
 
 def _fold(receipts: dict[str, _Receipt], row: Any) -> None:
-    # One entry (seq, kind, receipt_id, recorded_at, policy_version, consent_updates, email) into its receipt.
-    seq, kind, receipt_id, recorded_at, version, updates, email = row
+    # One entry (contract.EntryRow) into its receipt.
+    seq, kind, receipt_id, recorded_at, version, updates, email, contact, third_parties = row
     r = receipts.get(receipt_id)
     if r is None:
         r = receipts[receipt_id] = _Receipt(receipt_id, email)
     if kind == "consent":
         r.updates = bool(updates)
+        r.third_parties = bool(third_parties)
         r.agreed.append((seq, version, recorded_at))
     elif kind == "reconsent":
         r.agreed.append((seq, version, recorded_at))
     elif kind == "confirmation":
         r.confirmed = True
     elif kind == "withdrawal":
-        if updates is None:
+        if withdraws_all(kind, contact, updates, third_parties):
             r.withdrawn = True
         else:
-            r.updates_withdrawn = True
+            gone = withdrawn_consents(kind, contact, updates, third_parties)
+            r.updates_withdrawn = r.updates_withdrawn or "consent_updates" in gone
+            r.third_parties_withdrawn = r.third_parties_withdrawn or "consent_third_parties" in gone
     elif kind == "erasure":
         r.erased = True
     elif kind == "notice" and version:
         r.noticed.add(version)
 
 
-def people(connection: Any, policy_id: str, *, only: tuple[str, ...] | None = None) -> list[Person]:
+def people(view: LedgerView, policy_id: str, *, only: tuple[str, ...] | None = None) -> list[Person]:
     """Every address with at least one confirmed, standing receipt for the policy, in order of first receipt.
 
     With `only`, just those receipts are read (a quick re-read of people already known). This holds every
     receipt of the policy in memory at once: to go through everyone, use each_person()."""
     groups: dict[str, list[_Receipt]] = {}
-    for r in _receipts(connection, policy_id, only).values():
+    for r in _receipts(view, policy_id, only).values():
         if r.email:
             groups.setdefault(email_key(r.email), []).append(r)
     return [p for receipts in groups.values() if (p := _person(policy_id, receipts)) is not None]
 
 
-# Every entry of every receipt of the policy that still has an address, address by address (personal.email_key,
-# written with the address by addresses.email_key, schema 4), in ledger order within each address. SQLite sorts
-# in its temp store, which spills to temporary files beyond the page cache's size, so Python never holds more
-# than the entries of one address. An erased receipt has no `personal` row and drops out, as in people().
-# (Sorting on a Python function registered on the connection instead took twice as long: one call per row.)
-_BY_ADDRESS_SQL = (
-    "SELECT p.email_key, e.seq, e.kind, e.receipt_id, e.recorded_at, e.policy_version, e.consent_updates,"
-    " p.email FROM entries c JOIN personal p ON p.receipt_id = c.receipt_id"
-    " JOIN entries e ON e.receipt_id = c.receipt_id"
-    " WHERE c.kind = 'consent' AND c.policy_id = ? AND p.email IS NOT NULL AND p.email <> ''"
-    " ORDER BY p.email_key, e.seq"
-)
-
-
-def each_person(connection: Any, policy_id: str) -> Iterator[Person]:
+def each_person(view: LedgerView, policy_id: str) -> Iterator[Person]:
     """The people of people(), one at a time in order of their address, in memory independent of their number.
 
-    Run it inside one read transaction (one snapshot), on a connection that nothing else uses until the
-    iterator is done: the rows are read as they are yielded."""
+    Run it inside one read (one snapshot) and finish it there: the rows are read as they are yielded, sorted by
+    address by the database (on disk beyond its cache), so only one address's entries are held at a time."""
     key: str | None = None
     group: dict[str, _Receipt] = {}
-    for row in connection.execute(_BY_ADDRESS_SQL, (policy_id,)):
+    for row in view.entries_by_address(policy_id):
         if row[0] != key:
             if group and (person := _person(policy_id, group.values())) is not None:
                 yield person
@@ -185,34 +166,24 @@ def _person(policy_id: str, receipts: Iterable[_Receipt]) -> Person | None:
     )
 
 
-def person_of(connection: Any, receipt_id: str) -> Person | None:
+def person_of(view: LedgerView, receipt_id: str) -> Person | None:
     """The person a receipt belongs to (by its address), or None when withdrawn, erased or unknown.
 
-    Found through indexes (personal.email_key, then each receipt's entries): the cost grows with the
+    Found through indexes (the address's key, then each receipt's entries): the cost grows with the
     receipts of this one address, not with the ledger."""
-    row = connection.execute(
-        "SELECT c.policy_id, p.email, p.email_key FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id"
-        " WHERE c.receipt_id = ? AND c.kind = 'consent'",
-        (receipt_id,),
-    ).fetchone()
+    row = view.consent_address(receipt_id)
     if row is None or not row[1]:
         return None
-    policy_id, _, key = row
-    for person in people(connection, policy_id, only=receipts_of_address(connection, policy_id, key)):
+    policy_id, _, key, _ = row
+    for person in people(view, policy_id, only=view.receipts_of_address(policy_id, key)):
         if person.key == key and receipt_id in person.receipt_ids:
             return person
     return None
 
 
-def receipts_of_address(connection: Any, policy_id: str, key: str) -> tuple[str, ...]:
+def receipts_of_address(view: LedgerView, policy_id: str, key: str) -> tuple[str, ...]:
     """Every receipt for the policy whose address compares as `key` (addresses.email_key), erased ones aside."""
-    # personal_email_key finds the address's rows; entries_receipt each one's consent (schema 4).
-    rows = connection.execute(
-        "SELECT p.receipt_id FROM personal p JOIN entries c ON c.receipt_id = p.receipt_id AND c.kind = 'consent'"
-        " WHERE p.email_key = ? AND c.policy_id = ? ORDER BY p.receipt_id",
-        (key, policy_id),
-    )
-    return tuple(r[0] for r in rows)
+    return view.receipts_of_address(policy_id, key)
 
 
 @dataclass(frozen=True)
@@ -226,74 +197,61 @@ class Seen:
     receipt_ids: tuple[str, ...]
 
 
-def seen(connection: Any, receipt_id: str) -> Seen:
-    """What person_of() and receipt_state() about `receipt_id` depend on, in the connection's snapshot.
+def seen(view: LedgerView, receipt_id: str) -> Seen:
+    """What person_of() and receipt_state() about `receipt_id` depend on, in the view's snapshot.
 
-    Read in the same read transaction as the decision; changed_since() later tells whether it still holds."""
-    head = connection.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-    row = connection.execute(
-        "SELECT c.policy_id, p.email_key FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id"
-        " WHERE c.receipt_id = ? AND c.kind = 'consent'",
-        (receipt_id,),
-    ).fetchone()
-    policy_id, key = (str(row[0]), row[1]) if row else ("", None)
-    ids = set(receipts_of_address(connection, policy_id, key)) if key is not None else set()
+    Read in the same snapshot as the decision; changed_since() later tells whether it still holds."""
+    head = view.head_entry()
+    row = view.consent_address(receipt_id)
+    policy_id, key = (row[0], row[2]) if row else ("", None)
+    ids = set(view.receipts_of_address(policy_id, key)) if key is not None else set()
     return Seen(head[0] if head else 0, head[1] if head else "", policy_id, key, tuple(sorted(ids | {receipt_id})))
 
 
-def changed_since(connection: Any, before: Seen) -> bool:
+def changed_since(view: LedgerView, before: Seen) -> bool:
     """Whether anything `before` covers may have changed since its snapshot: an entry of one of its receipts,
     or a new consent from its address for its policy. Cheap: it reads only the entries appended since.
 
     The ledger only grows, and every change to a receipt is an entry (an erasure, too, leaves one), so
     entries after the snapshot's head are the only place a change can be. The head's hash is compared as well,
-    so a ledger file put back from a copy cannot pass for the one that was read."""
-    head = connection.execute("SELECT hash FROM entries WHERE seq = ?", (before.seq,)).fetchone()
-    if head is None or head[0] != before.head:
+    so a ledger put back from a copy cannot pass for the one that was read."""
+    head = view.hash_at(before.seq)
+    if head is None or head != before.head:
         return True
-    # The unary + keep SQLite off the receipt index: the seq range (the rowid) is the short way here.
-    row = connection.execute(
-        "SELECT 1 FROM entries e WHERE e.seq > ? AND (+e.receipt_id IN (SELECT value FROM json_each(?))"
-        " OR (+e.kind = 'consent' AND +e.policy_id = ? AND EXISTS (SELECT 1 FROM personal p"
-        " WHERE p.receipt_id = e.receipt_id AND p.email_key = ?))) LIMIT 1",
-        (before.seq, json.dumps(before.receipt_ids), before.policy_id, before.key),
-    ).fetchone()
-    return row is not None
+    return view.touched_since(before.seq, before.receipt_ids, before.policy_id, before.key)
 
 
-def current(connection: Any, person: Person) -> Person | None:
+def current(view: LedgerView, person: Person) -> Person | None:
     """The person as the ledger has them now, from their receipts only; None once none of them stands.
 
     A notify run plans from one snapshot and then sends for minutes: this re-read, just before each
     mail, sees a withdrawal, unsubscribe, erasure or notice recorded since."""
-    for now in people(connection, person.policy_id, only=person.receipt_ids):
+    for now in people(view, person.policy_id, only=person.receipt_ids):
         if now.key == person.key:
             return now
     return None
 
 
-def of_receipts(connection: Any, policy_id: str, receipt_ids: tuple[str, ...]) -> Person | None:
+def of_receipts(view: LedgerView, policy_id: str, receipt_ids: tuple[str, ...]) -> Person | None:
     """The person that receipts of one address (a Person's receipt_ids) make up now, or None once none stands.
 
     current() without the address: an address never changes, it is only erased, so the receipts of one
     person stay one person (notify keeps only receipt ids, no addresses, in its plan file)."""
-    found = people(connection, policy_id, only=receipt_ids)
+    found = people(view, policy_id, only=receipt_ids)
     return found[0] if found else None
 
 
-def receipt_state(connection: Any, receipt_id: str) -> dict[str, bool] | None:
+def receipt_state(view: LedgerView, receipt_id: str) -> dict[str, bool] | None:
     """Plain facts about one receipt (confirmed, withdrawn, erased, updates, third_parties), or None when unknown.
 
     `updates` and `third_parties` say whether that consent still stands (given, and not stopped)."""
-    row = connection.execute(
-        "SELECT policy_id, consent_third_parties FROM entries WHERE receipt_id = ? AND kind = 'consent'", (receipt_id,)
-    ).fetchone()
+    row = view.consent_address(receipt_id)
     if row is None:
         return None
-    r = _receipts(connection, row[0], (receipt_id,))[receipt_id]
+    r = _receipts(view, row[0], (receipt_id,))[receipt_id]
     return {
         "confirmed": r.confirmed, "withdrawn": r.withdrawn, "erased": r.erased or not r.email,
         "updates": r.updates and not r.updates_withdrawn,
-        # Only a withdrawal without flags withdraws it, and that sets `withdrawn`.
-        "third_parties": bool(row[1]) and not r.withdrawn,
+        # Withdrawn with every consent (`withdrawn`), or on its own.
+        "third_parties": bool(row[3]) and not r.withdrawn and not r.third_parties_withdrawn,
     }

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-PURPOSES = ("confirm", "reconsent", "withdraw", "unsubscribe")
-Purpose = Literal["confirm", "reconsent", "withdraw", "unsubscribe"]
+PURPOSES = ("confirm", "reconsent", "withdraw", "unsubscribe", "access")
+Purpose = Literal["confirm", "reconsent", "withdraw", "unsubscribe", "access"]
 
 # How long each kind of link works. An unsubscribe link must keep working as long as the mail it came
 # in might be read; a confirmation is meant to be followed soon after the form was sent.
@@ -32,6 +32,8 @@ LIFETIME: dict[str, int] = {
     "reconsent": 180 * 86400,
     "withdraw": 180 * 86400,
     "unsubscribe": 730 * 86400,
+    # "What do you hold about me?": the link shows personal data, so it works for one day only.
+    "access": 86400,
 }
 
 # A domain-separation prefix, so a MAC made with this key for anything else can never pass as a link.

@@ -88,13 +88,15 @@ class VerifyReport:
     first_bad_seq: int | None = None
     problem: str | None = None
     against: Checkpoint | None = None
+    # The database engine the version above is of ("sqlite" or "postgresql"), as the summary names it.
+    engine: str = "sqlite"
 
     def summary(self) -> str:
         entries = f"{self.count}" if self.ok else f"{self.count} good before entry #{self.first_bad_seq}"
         lines = [
             f"entries: {entries}",
             f"head: {self.head}",
-            f"sqlite: {self.sqlite_version}",
+            f"{self.engine}: {self.sqlite_version}",
         ]
         if self.against is not None:
             lines.append(f"checkpoint: {self.against.count} entries, head {self.against.head}")

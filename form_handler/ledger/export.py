@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from form_handler.ledger.sqlite.reports import EXPORT_FIELDS
+from form_handler.ledger.rows import EXPORT_FIELDS
 
 THIRD_PARTY_FIELDS = ("email",)
 # A cell starting with one of these is run as a formula by spreadsheet programs (CSV injection).

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import apsw
-
 
 class LedgerError(Exception):
     """Base class of every ledger error."""
@@ -32,14 +30,27 @@ class InvalidToken(LedgerRefusal):
     pass
 
 
-# The apsw errors that mean "cannot write now", not "the request is wrong".
-UNAVAILABLE_ERRORS = (
-    apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError,
-    apsw.BusyError, apsw.LockedError, apsw.PermissionsError,
-)
-# For readers, also a file that is not (or no longer) a database: reading may work again once it is
-# restored, and a page that reads the ledger answers 503 meanwhile, not 500.
-READ_UNAVAILABLE_ERRORS = (*UNAVAILABLE_ERRORS, apsw.NotADBError, apsw.CorruptError)
+
+
+# The consents a withdrawal can name, as chained (chain.FLAG_COLUMNS, in the same order).
+CONSENTS = ("consent_contact", "consent_updates", "consent_third_parties")
+
+
+def withdraws_all(kind: str, contact: object, updates: object, third_parties: object) -> bool:
+    """The rule for withdrawals: one naming no consent (its consent_contact, consent_updates and
+    consent_third_parties all None) withdraws every consent of its receipt; see withdrawn_consents."""
+    return kind == "withdrawal" and contact is None and updates is None and third_parties is None
+
+
+def withdrawn_consents(kind: str, contact: object, updates: object, third_parties: object) -> frozenset[str]:
+    """The consents an entry withdraws: all of them for a withdrawal naming none, else exactly those it names
+    (set to false; the e-mail unsubscribe names consent_updates). Not NULL rather than false decides, as the
+    SQL of both backends reads the columns; LedgerTxn.append refuses a withdrawal naming a consent true."""
+    if kind != "withdrawal":
+        return frozenset()
+    if withdraws_all(kind, contact, updates, third_parties):
+        return frozenset(CONSENTS)
+    return frozenset(n for n, v in zip(CONSENTS, (contact, updates, third_parties)) if v is not None)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import asyncio
 import logging
 from datetime import datetime, timezone
 
-from form_handler.mail import outbox
-
-from form_handler.mail import quota
-from form_handler.ledger.sqlite.store import Ledger, LedgerError
+from form_handler.ledger import open_ledger
+from form_handler.ledger.contract import LedgerStore
+from form_handler.ledger.types import LedgerError
+from form_handler.mail import outbox, quota
 from form_handler.settings import Settings
 
 log = logging.getLogger("form_handler.mail.mailer")
@@ -24,14 +24,16 @@ log = logging.getLogger("form_handler.mail.mailer")
 class Mailer:
     """`start()` in the lifespan, `wake()` after queuing, `await stop()` at shutdown."""
 
-    def __init__(self, settings: Settings, *, idle: float = 60.0) -> None:
+    def __init__(self, settings: Settings, *, ledger: LedgerStore | None = None, idle: float = 60.0) -> None:
         self.settings = settings
         self.idle = idle
         self.passes = 0  # for tests: how many passes ran
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._ledger: Ledger | None = None
+        # The service's ledger when given (the caller closes it); otherwise one of its own, opened on first use.
+        self._ledger: LedgerStore | None = ledger
+        self._own = ledger is None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mailer")
@@ -53,18 +55,18 @@ class Mailer:
             # The ledger stays open for it; claimed rows are retried when their lease runs out.
             self._task.cancel()
             return
-        if self._ledger is not None:
+        if self._ledger is not None and self._own:
             self._ledger.close()
 
     def _pass(self) -> float:
         """One outbox pass in a worker thread; return seconds until the next one is due."""
         if self._ledger is None:
-            self._ledger = Ledger(self.settings.ledger_path)
-        result = outbox.send_due(self._ledger.connection, self.settings)
-        quota.expire(self._ledger.connection)  # keyed hashes of addresses, kept no longer than their day
+            self._ledger = open_ledger(self.settings.ledger)
+        result = outbox.send_due(self._ledger, self.settings)
+        quota.expire(self._ledger)  # keyed hashes of addresses, kept no longer than their day
         if result.sent or result.failed:
             log.info("mail pass: sent %d, failed %d, gave up %d", result.sent, result.failed, result.gave_up)
-        due = outbox.next_due(self._ledger.connection)
+        due = outbox.next_due(self._ledger)
         if due is None:
             return self.idle
         return max(0.0, min(self.idle, (due - datetime.now(timezone.utc)).total_seconds()))

@@ -1,4 +1,4 @@
-"""E-mail messages (address confirmation, change notice) and their delivery over SMTP.
+"""E-mail messages (address confirmation, change notice, access link) and their delivery over SMTP.
 
 Messages are built with `email.message.EmailMessage` under the default policy, which refuses CR or LF
 in a header value; we keep it that way. The only stored text that reaches a header is the recipient's
@@ -110,6 +110,35 @@ def _html(title: str, inner: str) -> str:
     )
 
 
+MANAGE_LABEL = "See or change what you agreed to, or erase your data"
+
+
+def manage_url(settings: Settings) -> str:
+    """The manage-your-consent page (form_handler/web/selfservice_routes.py), linked from every e-mail."""
+    return f"{settings.base_url}/api/manage"
+
+
+def manage_line(settings: Settings) -> str:
+    return f"{MANAGE_LABEL}: {manage_url(settings)}"
+
+
+def access_message(settings: Settings, *, to: str, access_url: str) -> EmailMessage:
+    """The answer to "what do you hold about me?": one signed link, to this address only, that lists its receipts."""
+    msg = _envelope(settings, to, "The receipts we hold for your e-mail address")
+    intro = ("Someone, probably you, asked on our site what we hold about this e-mail address. This link lists "
+             "every receipt we hold for it, what each consented to and whether it still stands, and lets you "
+             "withdraw your consent or erase your data:")
+    after = "The link works for 24 hours. If you did not ask for this, ignore this message: nothing has changed."
+    msg.set_content(f"Hello,\n\n{intro}\n\n{access_url}\n\n{after}\n\n{manage_line(settings)}\n")
+    msg.add_alternative(
+        _html("Your receipts", f"<p>Hello,</p><p>{html.escape(intro)}</p>"
+              + _link_html(access_url, "See what you agreed to") + f"<p>{html.escape(after)}</p>"
+              + _link_html(manage_url(settings), MANAGE_LABEL)),
+        subtype="html",
+    )
+    return msg
+
+
 def confirmation_message(settings: Settings, *, to: str, title: str, confirm_url: str, updates: bool,
                          third_parties: bool) -> EmailMessage:
     """The double opt-in mail: what the form asked for with this address, and one link that confirms it.
@@ -133,7 +162,7 @@ def confirmation_message(settings: Settings, *, to: str, title: str, confirm_url
     ask = "None of this starts until you confirm that this address is yours and that you want it, by opening this link:"
     after = f"If you did not ask for this, ignore this message: {not_done}, and the link stops working after 14 days."
     listed = "\n".join(f"- {a}" for a in asked)
-    msg.set_content(f"Hello,\n\n{intro}\n{listed}\n\n{ask}\n\n{confirm_url}\n\n{after}\n")
+    msg.set_content(f"Hello,\n\n{intro}\n{listed}\n\n{ask}\n\n{confirm_url}\n\n{after}\n\n{manage_line(settings)}\n")
     msg.add_alternative(
         _html(
             "Please confirm",
@@ -141,7 +170,8 @@ def confirmation_message(settings: Settings, *, to: str, title: str, confirm_url
             + "".join(f"<li>{html.escape(a)}</li>" for a in asked)
             + f"</ul><p>{html.escape(ask)}</p>"
             + _link_html(confirm_url, "Yes, this is my address and I want this")
-            + f"<p>{html.escape(after)}</p>",
+            + f"<p>{html.escape(after)}</p>"
+            + _link_html(manage_url(settings), MANAGE_LABEL),
         ),
         subtype="html",
     )
@@ -183,7 +213,8 @@ def notice_message(
         f"Read the changes: {changes}\n\n{ask}\n\n"
         f"I agree to the new version: {reconsent_url}\n\n"
         f"I withdraw my consent: {withdraw_url}\n\n"
-        f"Stop e-mails about changes: {unsubscribe_url}\n"
+        f"Stop e-mails about changes: {unsubscribe_url}\n\n"
+        f"{manage_line(settings)}\n"
     )
     msg.add_alternative(
         _html(
@@ -195,7 +226,8 @@ def notice_message(
             + f"<p>{html.escape(ask)}</p>"
             + _link_html(reconsent_url, "I agree to the new version")
             + _link_html(withdraw_url, "I withdraw my consent")
-            + _link_html(unsubscribe_url, "Stop e-mails about changes"),
+            + _link_html(unsubscribe_url, "Stop e-mails about changes")
+            + _link_html(manage_url(settings), MANAGE_LABEL),
         ),
         subtype="html",
     )

@@ -37,18 +37,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO, Any
 
-import apsw
-
-from form_handler.consent import keys
-
-from form_handler.consent import subscribers
-
-from form_handler.consent import tokens
-from form_handler.ledger.sqlite.store import META_SCHEMA, Ledger
-from form_handler.mail.message import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
-from form_handler.consent.manifest import read_source
-from form_handler.settings import Settings
+from form_handler.consent import keys, links, subscribers, tokens
+from form_handler.consent.manifest import ManifestUnavailable, policy_records, read_source
 from form_handler.consent.subscribers import Person
+from form_handler.ledger.contract import LedgerStore, LedgerView
+from form_handler.ledger.types import LedgerError
+from form_handler.mail.message import ChangeNotice, MailError, SmtpSession, notice_message, smtp_session
+from form_handler.settings import Settings
 
 # Seconds between two progress lines: often enough to see a run is alive, rare enough to read.
 PROGRESS_EVERY = 10.0
@@ -102,10 +97,11 @@ class NotifyResult:
 
 
 def load_histories(data: bytes, source: str) -> list[PolicyHistory]:
-    """Read policy-versions.json; raise NotifyError naming the manifest and the field."""
+    """Read policy-versions.json (manifest.policy_records); raise NotifyError naming the manifest and the field."""
     try:
-        doc = json.loads(data.decode("utf-8"))
-        return [_history(p) for p in doc["policies"]]
+        return [_history(p) for p in policy_records(data, source)]
+    except ManifestUnavailable as e:
+        raise NotifyError(str(e)) from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise NotifyError(f"{source}: not a policy-versions.json with policies, changes and versions ({e!r}).") from None
 
@@ -170,18 +166,18 @@ def _label(notice: ChangeNotice) -> str:
 
 
 def _links(key: bytes, settings: Settings, p: Planned, now: float) -> dict[str, str]:
-    def link(purpose: tokens.Purpose, path: str) -> str:
+    def link(purpose: tokens.Purpose) -> str:
         t = tokens.sign(key, purpose, p.person.latest_receipt_id, p.notice.policy_id, p.notice.version, now=now)
-        return f"{settings.base_url}/api/{path}?token={t}"
+        return links.url(settings.base_url, purpose, t)
 
     return {
-        "reconsent_url": link("reconsent", "reconsent"),
-        "withdraw_url": link("withdraw", "withdraw-consent"),
-        "unsubscribe_url": link("unsubscribe", "unsubscribe"),
+        "reconsent_url": link("reconsent"),
+        "withdraw_url": link("withdraw"),
+        "unsubscribe_url": link("unsubscribe"),
     }
 
 
-def _record(ledger: Ledger, p: Planned) -> None:
+def _record(ledger: LedgerStore, p: Planned) -> None:
     # One transaction for every change the message covered, committed before the next message goes out.
     with ledger.transaction() as txn:
         for c in (p.notice, *p.earlier):
@@ -261,29 +257,24 @@ class _Pace:
         self._next = time.monotonic() + self._interval
 
 
-def _plan(conn: apsw.Connection, histories: list[PolicyHistory], result: NotifyResult,
+def _plan(view: LedgerView, histories: list[PolicyHistory], result: NotifyResult,
           progress: _Progress) -> Generator[tuple[int, Planned], None, None]:
-    # One snapshot for the whole plan, on a connection nothing else uses meanwhile.
-    conn.execute("BEGIN")
-    try:
-        for index, history in enumerate(histories):
-            for person in subscribers.each_person(conn, history.id):
-                progress.people += 1
-                progress.planning()
-                p = plan_person(history, person)
-                if p is None:
-                    result.told_before += _told_before(history, person)
-                    continue
-                result.planned += 1
-                result.per_change[_label(p.notice)] = result.per_change.get(_label(p.notice), 0) + 1
-                yield index, p
-    finally:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
+    # Run inside one ledger read: one snapshot for the whole plan, which ends with it.
+    for index, history in enumerate(histories):
+        for person in subscribers.each_person(view, history.id):
+            progress.people += 1
+            progress.planning()
+            p = plan_person(history, person)
+            if p is None:
+                result.told_before += _told_before(history, person)
+                continue
+            result.planned += 1
+            result.per_change[_label(p.notice)] = result.per_change.get(_label(p.notice), 0) + 1
+            yield index, p
 
 
 def run(
-    ledger: Ledger,
+    ledger: LedgerStore,
     settings: Settings,
     manifest: str,
     *,
@@ -306,17 +297,23 @@ def run(
     result = NotifyResult()
     progress = _Progress(result, echo, progress_every)
     if dry_run:
-        with closing(_plan(ledger.connection, histories, result, progress)) as planned:
-            for _, p in planned:
-                if verbose:
-                    echo(f"would notify {p.person.email}: {_label(p.notice)}")
+        def count(view: LedgerView) -> None:
+            with closing(_plan(view, histories, result, progress)) as planned:
+                for _, p in planned:
+                    if verbose:
+                        echo(f"would notify {p.person.email}: {_label(p.notice)}")
+
+        ledger.read(count)
         progress.planned(rate)
         return result
     # The plan file holds one line per person to write to: a policy's index and receipt ids (no address).
-    with run_lock(ledger.connection), tempfile.TemporaryFile("w+", encoding="utf-8") as plan_file:
-        with closing(_plan(ledger.connection, histories, result, progress)) as planned:
-            for index, p in planned:
-                plan_file.write(json.dumps([index, p.person.receipt_ids]) + "\n")
+    with run_lock(ledger), tempfile.TemporaryFile("w+", encoding="utf-8") as plan_file:
+        def write_plan(view: LedgerView) -> None:
+            with closing(_plan(view, histories, result, progress)) as planned:
+                for index, p in planned:
+                    plan_file.write(json.dumps([index, p.person.receipt_ids]) + "\n")
+
+        ledger.read(write_plan)
         progress.planned(rate)
         if result.planned:
             plan_file.seek(0)
@@ -325,7 +322,7 @@ def run(
     return result
 
 
-def _send(ledger: Ledger, settings: Settings, histories: list[PolicyHistory], plan_file: IO[str], result: NotifyResult,
+def _send(ledger: LedgerStore, settings: Settings, histories: list[PolicyHistory], plan_file: IO[str], result: NotifyResult,
           pace: _Pace, verbose: bool, echo: Callable[[str], None], progress: _Progress) -> None:
     key = keys.load(settings).signing
     in_a_row = 0
@@ -335,7 +332,7 @@ def _send(ledger: Ledger, settings: Settings, histories: list[PolicyHistory], pl
             history = histories[index]
             pace.wait()
             # The plan is one snapshot and sending takes hours: re-read this person, and plan them again, first.
-            now = subscribers.of_receipts(ledger.connection, history.id, tuple(receipt_ids))
+            now = ledger.read(lambda view: subscribers.of_receipts(view, history.id, tuple(receipt_ids)))
             p = None if now is None else plan_person(history, now)
             if p is None:
                 result.skipped += 1
@@ -366,34 +363,29 @@ def _send(ledger: Ledger, settings: Settings, histories: list[PolicyHistory], pl
 
 
 @contextmanager
-def run_lock(connection: Any) -> Iterator[None]:
+def run_lock(ledger: LedgerStore) -> Iterator[None]:
     """One notify run at a time per ledger: two runs planning from one snapshot would both send.
 
-    The lock is a row in the ledger's `meta` table naming the process; a run killed without
-    releasing it is detected (its process is gone) and the lock is taken over.
+    The lock is a row in the ledger's `meta` table naming the process, taken in one write transaction;
+    a run killed without releasing it is detected (its process is gone) and the lock is taken over.
     """
     mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        connection.execute(META_SCHEMA)
-        row = connection.execute("SELECT value FROM meta WHERE name = 'notify_run'").fetchone()
-        if row is not None and _alive(json.loads(row[0])):
-            other = json.loads(row[0])
+    with ledger.transaction() as txn:
+        held = txn.meta_get("notify_run")
+        if held is not None and _alive(json.loads(held)):
+            other = json.loads(held)
             raise NotifyError(
                 f"Another notify run (process {other['pid']} on {other['host']}) is in progress; "
                 "wait for it to finish, then run notify again."
             )
-        connection.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('notify_run', ?)", (mine,))
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
+        txn.meta_set("notify_run", mine)
     try:
         yield
     finally:
         # If this fails (ledger gone read-only), the next run sees our process is gone and takes over.
-        with suppress(apsw.Error):
-            connection.execute("DELETE FROM meta WHERE name = 'notify_run' AND value = ?", (mine,))
+        with suppress(LedgerError):
+            with ledger.transaction() as txn:
+                txn.meta_delete("notify_run", mine)
 
 
 def _alive(holder: dict[str, Any]) -> bool:

@@ -19,13 +19,11 @@ from typing import Any
 
 from starlette.requests import Request
 
-from form_handler.mail import outbox
-
-from form_handler.mail import quota
-
-from form_handler.consent import tokens
+from form_handler.consent import links, tokens
 from form_handler.consent.keys import LinkKeys
-from form_handler.ledger.sqlite.store import ConsentDraft, LedgerTxn, Receipt
+from form_handler.ledger.contract import LedgerTxn
+from form_handler.ledger.types import ConsentDraft, Receipt
+from form_handler.mail import outbox, quota
 from form_handler.mail.message import MailError, confirmation_message
 from form_handler.settings import Settings
 
@@ -33,7 +31,7 @@ log = logging.getLogger("form_handler.mail.optin")
 
 
 def confirm_url(settings: Settings, token: str) -> str:
-    return f"{settings.base_url}/api/confirm?token={token}"
+    return links.url(settings.base_url, "confirm", token)
 
 
 def needs_confirmation(draft: ConsentDraft) -> bool:
@@ -55,11 +53,11 @@ def consent_with_confirmation(txn: LedgerTxn, draft: ConsentDraft, *, settings: 
         # The form validated the address; one our mail code still refuses is kept without a mail
         # (the consent then stays unconfirmed) rather than losing the submission.
         return receipt
-    if not quota.take(txn.connection, keys.derive(quota.KEY_LABEL), draft.email, limit=settings.mail_per_recipient):
+    if not quota.take(txn, keys.derive(quota.KEY_LABEL), draft.email, limit=settings.mail_per_recipient):
         # Silent toward the submitter (same receipt, same status); the log names no address.
         log.info("confirmation mail not queued: that address had %d today", settings.mail_per_recipient)
         return receipt
-    outbox.enqueue(txn.connection, receipt_id=receipt.receipt_id, kind="confirmation", msg=msg)
+    outbox.enqueue(txn, receipt_id=receipt.receipt_id, kind="confirmation", msg=msg)
     return receipt
 
 
@@ -73,7 +71,7 @@ async def record_consent(request: Request, draft: ConsentDraft) -> Receipt:
         title = draft.policy_id
     settings: Settings = svc.settings
     keys: LinkKeys = svc.keys
-    receipt: Receipt = await svc.writer.submit(
+    receipt: Receipt = await svc.ledger.submit(
         lambda txn: consent_with_confirmation(txn, draft, settings=settings, keys=keys, title=title)
     )
     mailer = getattr(request.state, "mailer", None)

@@ -1,8 +1,9 @@
 """The feedback service: `create_app(settings)` builds the Starlette app; routes live under /api/.
 
-Every write goes through the group-commit writer, and a 2xx is sent only after its COMMIT returned.
+Every write goes through the ledger's group-commit writer, and a 2xx is sent only after its COMMIT returned.
 Refusals are typed (400, 403, 404, 413, 415, 422, 429, 503), name the offending field, and store
-nothing. No route sets a cookie, and the client's address is used for the rate limit only.
+nothing; routes raise them and web/errors.py turns them into responses. No route sets a cookie, and the
+client's address is used for the rate limit only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -29,62 +29,50 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from form_handler.ledger import export
-
-from form_handler.web import mail_routes
-
-from form_handler.mail import optin
-
-from form_handler.web import pages
 from form_handler.consent import keys as link_keys
 from form_handler.consent.keys import LinkKeys
+from form_handler.consent.manifest import Manifest, ManifestUnavailable
+from form_handler.consent.submissions import ValidationFailed, parse_submission
+from form_handler.ledger import export, open_ledger
+from form_handler.ledger.contract import LedgerStore
+from form_handler.ledger.types import LedgerError
+from form_handler.mail import optin
+from form_handler.mail.mailer import Mailer
+from form_handler.settings import Settings
+from form_handler.web import errors, mail_routes, pages, selfservice_routes
+from form_handler.web.site_shell import ShellMiddleware, SiteShell
 from form_handler.web.bodies import Refused, read_fields, wants_json
-from form_handler.ledger.sqlite.store import InvalidToken, Ledger, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
+from form_handler.web.errors import NO_STORE, refusal
 from form_handler.web.hosts import HostCheckMiddleware, allowed_hosts
 from form_handler.web.limits import ADMIN_FAILURES_PER_MINUTE, BodyLimitMiddleware, RateLimiter
-from form_handler.mail.mailer import Mailer
-from form_handler.consent.manifest import Manifest, ManifestUnavailable
 from form_handler.web.openapi import openapi_document
 from form_handler.web.origins import origin_allowed
 from form_handler.web.security_headers import SecurityHeadersMiddleware, content_security_policy
-from form_handler.settings import Settings
-from form_handler.consent.submissions import ValidationFailed, parse_submission
-from form_handler.ledger.sqlite.writer import GroupCommitWriter
 
 log = logging.getLogger("form_handler")
-NO_STORE = {"Cache-Control": "no-store"}
 EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
 @dataclass
 class Service:
-    """What the routes share for one lifespan: settings, the writer, a reader, the manifest, the limiter."""
+    """What the routes share for one lifespan: settings, the ledger, the manifest, the limiter."""
 
     settings: Settings
-    writer: GroupCommitWriter
-    reader: Ledger
+    # Reads (ledger.read), writes through its group-commit writer (await ledger.submit): never a connection.
+    ledger: LedgerStore
     manifest: Manifest
     limiter: RateLimiter
     # The keys of signed e-mail links, read once at start-up from the environment or the key file.
     keys: LinkKeys
     # Wrong admin tokens per client, counted whatever POLICY_SITE_RATE_LIMIT says (it may be 0).
     admin_failures: RateLimiter = field(default_factory=lambda: RateLimiter(ADMIN_FAILURES_PER_MINUTE))
+    # Self-service guessing and access-request limits, in memory only (web/selfservice_routes.py).
+    selfservice: selfservice_routes.Limits = field(default_factory=selfservice_routes.Limits)
 
 
 def service(request: Request) -> Service:
     svc: Service = request.state.service
     return svc
-
-
-def refusal(request: Request, status: int, errors: dict[str, str], *, back: str = "",
-            headers: dict[str, str] | None = None) -> Response:
-    """The same refusal as JSON ({"errors": ...}) or, for a plain form post, as an HTML page."""
-    log.info("%s %s refused %d: %s", request.method, request.url.path, status, ", ".join(sorted(errors)))
-    if wants_json(request):
-        return JSONResponse({"errors": errors}, status_code=status, headers={**NO_STORE, **(headers or {})})
-    page = pages.error_page(status, errors, site_url=service(request).settings.base_url, back_path=back)
-    page.headers.update(headers or {})
-    return page
 
 
 async def guard(request: Request) -> None:
@@ -102,38 +90,28 @@ async def guard(request: Request) -> None:
 
 async def feedback(request: Request) -> Response:
     """Record one submission: 201 + receipt JSON, or the HTML receipt page for a plain form post."""
-    svc, back = service(request), ""
-    try:
-        await guard(request)
-        is_json, fields = await read_fields(request)
-        page = fields.get("page")
-        back = page.decode("utf-8", "replace") if isinstance(page, bytes) else page if isinstance(page, str) else ""
-        draft = parse_submission(fields, is_json=is_json)
-        if isinstance(draft, ValidationFailed):
-            raise Refused(draft.status, draft.errors)
-        try:
-            errors = await svc.manifest.check(draft.policy_id, draft.policy_version)
-        except ManifestUnavailable as e:
-            log.error("policy manifest unavailable: %s", e)
-            raise Refused(503, {"policy_version": "The list of published policies cannot be read now; try again later."},
-                          headers={"Retry-After": "10"}) from None
-        if errors:
-            raise Refused(422, errors)
-        # The consent and, when updates were asked for, the queued confirmation mail: one transaction.
-        receipt = await optin.record_consent(request, draft)
-    except Refused as r:
-        return refusal(request, r.status, r.errors, back=back, headers=r.headers)
-    except LedgerRefusal as e:
-        return refusal(request, 422, {e.field: str(e)}, back=back)
-    except LedgerUnavailable as e:
-        log.error("ledger unavailable: %s", e)
-        return refusal(request, 503, {"ledger": "We cannot record submissions now; nothing was stored. Try again later."},
-                       back=back, headers={"Retry-After": "5"})
+    svc = service(request)
+    await guard(request)
+    is_json, fields = await read_fields(request)
+    page = fields.get("page")
+    # Noted for an error page's link back to the form (web/errors.py).
+    request.state.back = page.decode("utf-8", "replace") if isinstance(page, bytes) else page if isinstance(page, str) else ""
+    draft = parse_submission(fields, is_json=is_json)
+    if isinstance(draft, ValidationFailed):
+        raise Refused(draft.status, draft.errors)
+    errors_found = await svc.manifest.check(draft.policy_id, draft.policy_version)  # ManifestUnavailable: 503
+    if errors_found:
+        raise Refused(422, errors_found)
+    # The consent and, when updates were asked for, the queued confirmation mail: one transaction.
+    receipt = await optin.record_consent(request, draft)
     log.info("feedback recorded seq=%d", receipt.seq)
+    policies = await svc.manifest.policies()
     if wants_json(request):
         body = {k: v for k, v in asdict(receipt).items() if k != "seq"}
-        return JSONResponse(body | {"withdraw_url": "/api/withdraw"}, status_code=201, headers=NO_STORE)
-    policies = await svc.manifest.policies()
+        # The receipt page's own words, so the receipt shown in place says the same (feedback.js).
+        words = pages.receipt_words(receipt, email=draft.email, policy=policies.get(receipt.policy_id),
+                                    site_url=svc.settings.base_url)
+        return JSONResponse(body | {"withdraw_url": "/api/withdraw"} | words, status_code=201, headers=NO_STORE)
     return pages.receipt_page(receipt, email=draft.email, message=draft.message,
                               policy=policies.get(receipt.policy_id), site_url=svc.settings.base_url)
 
@@ -152,67 +130,39 @@ def _token_field(name: str, value: Any, errors: dict[str, str]) -> str:
 async def withdraw(request: Request) -> Response:
     """Withdraw every consent of one receipt, given its withdraw token."""
     svc = service(request)
-    try:
-        await guard(request)
-        is_json, fields = await read_fields(request)
-        errors: dict[str, str] = {}
-        if is_json:
-            errors.update({k[:64]: f"{k[:64]} is not a field here; remove it."
-                           for k in fields if k not in ("receipt_id", "withdraw_token")})
-        receipt_id = _token_field("receipt_id", fields.get("receipt_id"), errors)
-        token = _token_field("withdraw_token", fields.get("withdraw_token"), errors)
-        if errors:
-            raise Refused(422, errors)
-        entry = await svc.writer.submit(lambda txn: txn.withdraw(receipt_id, token))
-    except Refused as r:
-        return refusal(request, r.status, r.errors, headers=r.headers)
-    except UnknownReceipt as e:
-        return refusal(request, 404, {e.field: "No receipt with this id is in the ledger; check your receipt."})
-    except InvalidToken as e:
-        return refusal(request, 403, {e.field: "This withdraw token does not belong to that receipt; check your receipt."})
-    except LedgerRefusal as e:
-        return refusal(request, 422, {e.field: str(e)})
-    except LedgerUnavailable as e:
-        log.error("ledger unavailable: %s", e)
-        return refusal(request, 503, {"ledger": "We cannot record a withdrawal now; nothing was stored. Try again later."},
-                       headers={"Retry-After": "5"})
+    await guard(request)
+    is_json, fields = await read_fields(request)
+    errors_found: dict[str, str] = {}
+    if is_json:
+        errors_found.update({k[:64]: f"{k[:64]} is not a field here; remove it."
+                             for k in fields if k not in ("receipt_id", "withdraw_token")})
+    receipt_id = _token_field("receipt_id", fields.get("receipt_id"), errors_found)
+    token = _token_field("withdraw_token", fields.get("withdraw_token"), errors_found)
+    if errors_found:
+        raise Refused(422, errors_found)
+    entry = await svc.ledger.submit(lambda txn: txn.withdraw(receipt_id, token))  # UnknownReceipt 404, InvalidToken 403
     if wants_json(request):
         return JSONResponse({"receipt_id": receipt_id, "withdrawn": True, "withdrawn_at": entry.recorded_at},
                             headers=NO_STORE)
     return pages.withdrawn_page(receipt_id, site_url=svc.settings.base_url)
 
 
-async def _read(request: Request, what: Callable[[Ledger], Any]) -> Any:
-    try:
-        return await run_in_threadpool(what, service(request).reader)
-    except LedgerError as e:
-        log.error("ledger unreadable: %s", e)
-        raise Refused(503, {"ledger": "The ledger cannot be read now; try again later."}) from None
-
-
 async def stats(request: Request) -> Response:
     """Aggregate counts only; any count below 5 is null or left out."""
-    try:
-        return JSONResponse(await _read(request, Ledger.stats), headers=NO_STORE)
-    except Refused as r:
-        return JSONResponse({"errors": r.errors}, status_code=r.status)
+    return JSONResponse(await run_in_threadpool(service(request).ledger.stats), headers=NO_STORE)
 
 
 async def ledger_head(request: Request) -> Response:
     """The checkpoint: entry count and head hash, nothing personal; keep copies as a witness."""
-    try:
-        checkpoint = await _read(request, Ledger.head)
-    except Refused as r:
-        return JSONResponse({"errors": r.errors}, status_code=r.status)
-    return JSONResponse(asdict(checkpoint), headers=NO_STORE)
+    return JSONResponse(asdict(await run_in_threadpool(service(request).ledger.head)), headers=NO_STORE)
 
 
 async def healthz(request: Request) -> Response:
     """200 when the ledger is readable and the policy manifest can be read; 503 otherwise."""
     body: dict[str, Any] = {"ledger": "ok", "manifest": "ok"}
     try:
-        body["entries"] = (await _read(request, Ledger.head)).count
-    except Refused:
+        body["entries"] = (await run_in_threadpool(service(request).ledger.head)).count
+    except LedgerError:
         body["ledger"] = "unavailable"
     try:
         await service(request).manifest.policies()
@@ -245,15 +195,13 @@ async def export_ledger(request: Request) -> Response:
     if fmt not in EXPORT_TYPES:
         return JSONResponse({"errors": {"format": "format must be jsonl or csv."}}, 422)
     third_party = request.query_params.get("third_party", "") in ("1", "true", "yes")
-    rows = export.ExportRows(svc.reader.export(third_party=third_party))
+    rows = export.ExportRows(svc.ledger.export(third_party=third_party))
     try:
         # Read before answering: once the 200 is sent, a ledger that cannot be read could only cut the body short.
         await run_in_threadpool(rows.prefetch)
-    except LedgerError as e:
+    except LedgerError:
         rows.close()
-        log.error("ledger unreadable: %s", e)
-        return JSONResponse({"errors": {"ledger": "The ledger cannot be read now; try again later."}}, 503,
-                            headers={"Retry-After": "5"})
+        raise
     # A sync iterator: Starlette pulls it in a worker thread, one row at a time.
     lines = export.lines(rows, fmt, third_party=third_party)
     return ClosingStream(rows.close, lines, media_type=EXPORT_TYPES[fmt],
@@ -284,14 +232,6 @@ async def stylesheet(request: Request) -> Response:
     return FileResponse(pages.STYLESHEET, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
-async def http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    if status == 500:
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
-    detail = exc.detail if isinstance(exc, HTTPException) else "Something went wrong on our side; nothing was stored."
-    return JSONResponse({"errors": {"request": detail}}, status_code=status, headers=getattr(exc, "headers", None))
-
-
 ROUTES: list[BaseRoute] = [
     Route("/api/feedback", feedback, methods=["POST"]),
     Route("/api/withdraw", withdraw, methods=["POST"]),
@@ -302,41 +242,40 @@ ROUTES: list[BaseRoute] = [
     Route("/api/openapi.json", openapi, methods=["GET"]),
     Route("/api/pages.css", stylesheet, methods=["GET"]),
     *mail_routes.ROUTES,  # /api/confirm, /api/reconsent, /api/withdraw-consent, /api/unsubscribe
+    *selfservice_routes.ROUTES,  # /api/manage, /api/receipt, /api/access-request, /api/access
 ]
 
 
-def create_app(settings: Settings, *, site_dir: Path | None = None, writer: GroupCommitWriter | None = None) -> Starlette:
+def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Any = None) -> Starlette:
     """Build the service. With site_dir, the built site is served at / beside the API (one process).
 
-    A `writer` passed in is used as it is (the caller starts and closes it); otherwise the app opens
-    its own in the lifespan and drains it on shutdown.
+    The ledger is settings.ledger (a SQLite path or a postgresql:// URL), opened in the lifespan: its writer
+    drains on shutdown. A SQLite `writer` passed in (a started GroupCommitWriter, for tests) is used as it is.
     """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        own = writer is None
-        w = writer or GroupCommitWriter(settings.ledger_path)
-        if own:
-            await run_in_threadpool(w.start)
-        # Refused here, at start-up, when the key file is readable by others: better no service than forgeable links.
+        # Opens even while the database is down (every operation then answers 503 until it is back).
+        ledger = await run_in_threadpool(open_ledger, settings.ledger)
         try:
-            keys = await run_in_threadpool(link_keys.load, settings)
-        except link_keys.KeyFileError as e:
-            log.error("%s", e)  # one sentence with the fix, above uvicorn's "Application startup failed"
-            raise
-        reader = await run_in_threadpool(Ledger, settings.ledger_path, readonly=True)
-        svc = Service(settings, w, reader, Manifest(settings.manifest), RateLimiter(settings.rate_limit), keys)
-        # Sends queued mail (address confirmations) in the background, retrying with back-off.
-        mailer = Mailer(settings)
-        mailer.start()
-        try:
-            yield {"service": svc, "mailer": mailer}
+            await run_in_threadpool(ledger.start, *(() if writer is None else (writer,)))
+            # Refused here, at start-up, when the key file is readable by others: better no service than forgeable links.
+            try:
+                keys = await run_in_threadpool(link_keys.load, settings)
+            except link_keys.KeyFileError as e:
+                log.error("%s", e)  # one sentence with the fix, above uvicorn's "Application startup failed"
+                raise
+            svc = Service(settings, ledger, Manifest(settings.manifest), RateLimiter(settings.rate_limit), keys)
+            # Sends queued mail (address confirmations) in the background, retrying with back-off.
+            # It opens the ledger again for itself: its passes never wait for a connection a request holds.
+            mailer = Mailer(settings)
+            mailer.start()
+            try:
+                yield {"service": svc, "mailer": mailer}
+            finally:
+                await mailer.stop()
         finally:
-            await mailer.stop()
-            # The read-only connection closes first, so the writer's is the last and checkpoints the WAL.
-            reader.close()
-            if own:
-                await run_in_threadpool(w.close)  # drains what is queued: acknowledged means committed
+            await run_in_threadpool(ledger.close)  # drains what is queued: acknowledged means committed
 
     def body_refusal(scope: Scope, status: int, errors: dict[str, str]) -> Response:
         request = Request(scope)
@@ -360,6 +299,8 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
         Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
                    allow_headers=["Content-Type", "Accept"], expose_headers=["Retry-After"]),
         Middleware(BodyLimitMiddleware, max_body=settings.max_body, refusal=body_refusal),
+        # The service's pages take the built site's look (SITE_DIR/policy-shell.html) when it is there.
+        Middleware(ShellMiddleware, shell=SiteShell(site_dir or settings.site_dir, form_origins)),
     ]
     if settings.forwarded_allow_ips:
         # Only these proxies' X-Forwarded-For and -Proto are believed, so request.client (the rate limits' key)
@@ -370,7 +311,7 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Grou
         debug=False,
         routes=routes,
         middleware=middleware,
-        exception_handlers={HTTPException: http_error, Exception: http_error},
+        exception_handlers=errors.HANDLERS,
         lifespan=lifespan,
     )
     # Outside Starlette's ServerErrorMiddleware (always the outermost of its stack), so a 500 has them too.

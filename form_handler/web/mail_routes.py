@@ -25,15 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from form_handler.web import pages
-
-from form_handler.consent import subscribers
-
-from form_handler.consent import tokens
+from form_handler.consent import links, subscribers, tokens
 from form_handler.consent.keys import LinkKeys
-from form_handler.ledger.sqlite.store import Ledger, LedgerError, LedgerRefusal, LedgerTxn
 from form_handler.consent.manifest import ManifestUnavailable
 from form_handler.consent.tokens import LinkClaim, TokenRefused
+from form_handler.ledger.contract import LedgerStore, LedgerTxn, LedgerView
+from form_handler.ledger.types import LedgerRefusal
+from form_handler.web import pages
 
 log = logging.getLogger("form_handler.web.mail_routes")
 
@@ -60,7 +58,7 @@ LINKS = {
     link.path: link
     for link in (
         # One text for every receipt (the mail that brought the person here lists what that one asked for).
-        Link("confirm", "/api/confirm", "Confirm your e-mail address",
+        Link("confirm", links.PATHS["confirm"], "Confirm your e-mail address",
              "This address was given on our feedback form with a request that we e-mail you when our {title} "
              "changes, that we share your e-mail address with third parties, or both: the e-mail that brought "
              "you here says which. Confirm that this address is yours and that you want this. Until you do, "
@@ -69,16 +67,16 @@ LINKS = {
              "What you asked for on our feedback form now applies: e-mails when our {title} changes (each "
              "with a link to stop them), sharing your e-mail address with third parties, or both, as you asked. "
              "You can withdraw your consent at any time with your receipt."),
-        Link("reconsent", "/api/reconsent", "Agree to the new version",
+        Link("reconsent", links.PATHS["reconsent"], "Agree to the new version",
              "Our {title} has changed. You can agree to the new version here.",
              "I agree to the new version", "Thank you: your agreement is recorded",
              "We recorded that you agreed to the new version of our {title}."),
-        Link("withdraw", "/api/withdraw-consent", "Withdraw your consent",
+        Link("withdraw", links.PATHS["withdraw"], "Withdraw your consent",
              "If you do not agree to the new version of our {title}, you can withdraw your consent here. "
              "We will then treat every choice you made on our feedback form with this address as not given.",
              "Withdraw my consent", "Your consent is withdrawn",
              "We will not contact you, send you e-mails about changes or share your address on the strength of it."),
-        Link("unsubscribe", "/api/unsubscribe", "Stop e-mails about changes",
+        Link("unsubscribe", links.PATHS["unsubscribe"], "Stop e-mails about changes",
              "Stop the e-mails we send when our {title} changes. Nothing else you agreed to changes.",
              "Stop these e-mails", "You will get no more e-mails about changes",
              "We will not e-mail you when our {title} changes. Nothing else you agreed to has changed."),
@@ -86,19 +84,20 @@ LINKS = {
 }
 
 
-def check(purpose: str, claim: LinkClaim, connection: Any) -> subscribers.Person | None:
+def check(purpose: str, claim: LinkClaim, view: LedgerView) -> subscribers.Person | None:
     """Raise LinkUsed when the link can no longer do its work; return the person it acts for."""
     if purpose == "confirm":
-        state = subscribers.receipt_state(connection, claim.receipt_id)
+        state = subscribers.receipt_state(view, claim.receipt_id)
         if state is None or state["withdrawn"] or state["erased"]:
             raise LinkUsed("The consent this link belongs to was withdrawn or erased, so there is nothing to confirm.")
         if state["confirmed"]:
             raise LinkUsed("This link was already used: your address is confirmed.")
         # Something to confirm while the receipt's change e-mails or its third-party consent still stand.
         if not state["updates"] and not state["third_parties"]:
-            raise LinkUsed("You have stopped e-mails about changes, so there is nothing to confirm.")
+            raise LinkUsed("Neither e-mails about changes nor sharing your address stand any more, so there is "
+                           "nothing to confirm.")
         return None
-    person = subscribers.person_of(connection, claim.receipt_id)
+    person = subscribers.person_of(view, claim.receipt_id)
     if purpose == "unsubscribe":
         return person  # stopping twice is not an error: the page says they are off the list
     if person is None:
@@ -134,10 +133,10 @@ def appends(purpose: str, claim: LinkClaim, person: subscribers.Person | None) -
     return tuple(("withdrawal", receipt_id, {"consent_updates": False}) for receipt_id in person.updates_receipt_ids)
 
 
-def decide(purpose: str, claim: LinkClaim, connection: Any) -> Decision:
-    """check() and appends() on one read snapshot (a pooled read connection), with what they read."""
-    person = check(purpose, claim, connection)
-    return Decision(appends(purpose, claim, person), subscribers.seen(connection, claim.receipt_id))
+def decide(purpose: str, claim: LinkClaim, view: LedgerView) -> Decision:
+    """check() and appends() on one read snapshot, with what they read."""
+    person = check(purpose, claim, view)
+    return Decision(appends(purpose, claim, person), subscribers.seen(view, claim.receipt_id))
 
 
 def record(purpose: str, claim: LinkClaim, txn: LedgerTxn, decided: Decision | None = None) -> int:
@@ -146,8 +145,8 @@ def record(purpose: str, claim: LinkClaim, txn: LedgerTxn, decided: Decision | N
     `decided` (from decide() before the transaction) is written as it is unless an entry appended since its
     snapshot touches this address (changed_since: only those entries are read); then, or without it, the
     decision is made again here, on the transaction's own view, which may raise LinkUsed."""
-    if decided is None or subscribers.changed_since(txn.connection, decided.seen):
-        todo = appends(purpose, claim, check(purpose, claim, txn.connection))
+    if decided is None or subscribers.changed_since(txn, decided.seen):
+        todo = appends(purpose, claim, check(purpose, claim, txn))
     else:
         todo = decided.appends
     for kind, receipt_id, fields in todo:
@@ -188,18 +187,13 @@ async def show(request: Request) -> Response:
     try:
         now = time.time()
         claim = tokens.verify(_keys(request, now), request.query_params.get("token", ""), link.purpose, now=now)
-        reader: Ledger = request.state.service.reader
-        # A pooled read connection of its own: the service's reads run in many threads at once.
-        person = await run_in_threadpool(reader.read, lambda conn: check(link.purpose, claim, conn))
+        ledger: LedgerStore = request.state.service.ledger
+        # One read snapshot in a worker thread; a ledger that cannot be read is a 503 (web/errors.py, unavailable()).
+        person = await run_in_threadpool(ledger.read, lambda view: check(link.purpose, claim, view))
     except TokenRefused as e:
         return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason)
     except LinkUsed as e:
         return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e))
-    except LedgerError as e:
-        # The check reads the ledger, which may be down (unreadable, moved, replaced by something else).
-        log.error("cannot check %s link: %s", link.purpose, e)
-        return await _page(request, link, 503, claim=None, title="Please try again later",
-                           lead="We cannot read our records now. Please open the link again later.")
     title, _ = await _title(request, claim.policy_id)
     if link.purpose == "unsubscribe" and (person is None or not person.updates_receipt_ids):
         return await _page(request, link, 200, claim=claim, title=link.done_title, lead=link.done.format(title=title))
@@ -216,26 +210,31 @@ async def act(request: Request) -> Response:
         claim = tokens.verify(_keys(request, now), request.query_params.get("token", ""), link.purpose, now=now)
         if link.purpose == "reconsent" and await svc.manifest.check(claim.policy_id, claim.version):
             raise LinkUsed("The version this link agrees to is no longer published; nothing was recorded.")
-        # Decided on a pooled read connection, outside the write lock; a used link ends here with 410.
-        reader: Ledger = svc.reader
-        decided = await run_in_threadpool(reader.read, lambda conn: decide(link.purpose, claim, conn))
+        # Decided on a read snapshot, outside the write lock; a used link ends here with 410.
+        ledger: LedgerStore = svc.ledger
+        decided = await run_in_threadpool(ledger.read, lambda view: decide(link.purpose, claim, view))
         added = 0
         if decided.appends:  # nothing to write (unsubscribing twice): no write transaction at all
-            added = await svc.writer.submit(lambda txn: record(link.purpose, claim, txn, decided))
+            added = await ledger.submit(lambda txn: record(link.purpose, claim, txn, decided))
     except TokenRefused as e:
         return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason,
                            note="Nothing was recorded.")
     except LinkUsed as e:
         return await _page(request, link, 410, claim=None, title="This link cannot be used", lead=str(e),
                            note="Nothing was recorded.")
-    except (LedgerError, ManifestUnavailable) as e:
-        # LedgerError: the ledger cannot be written, or read for the decision (unreadable, moved, replaced).
-        log.error("cannot record %s: %s", link.purpose, e)
-        return await _page(request, link, 503, claim=None, title="Please try again later",
-                           lead="We cannot record this now; nothing was recorded. Please open the link again later.")
     log.info("%s recorded (%d entries)", link.purpose, added)
     title, _ = await _title(request, claim.policy_id)
     return await _page(request, link, 200, claim=claim, title=link.done_title, lead=link.done.format(title=title))
+
+
+async def unavailable(request: Request) -> Response:
+    """The 503 page of a link whose ledger (or manifest) cannot be used now; web/errors.py calls it."""
+    link = LINKS[request.url.path]
+    if request.method == "POST":
+        return await _page(request, link, 503, claim=None, title="Please try again later",
+                           lead="We cannot record this now; nothing was recorded. Please open the link again later.")
+    return await _page(request, link, 503, claim=None, title="Please try again later",
+                       lead="We cannot read our records now. Please open the link again later.")
 
 
 ROUTES: list[BaseRoute] = [

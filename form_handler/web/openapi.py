@@ -11,6 +11,7 @@ from typing import Any
 from form_handler.web.bodies import MAX_FIELDS
 from form_handler.web.limits import ADMIN_FAILURES_PER_MINUTE
 from form_handler.web.mail_routes import OPENAPI_PATHS as MAIL_LINK_PATHS
+from form_handler.web.selfservice_routes import OPENAPI_PATHS as SELF_SERVICE_PATHS
 from form_handler.settings import Settings
 from form_handler.consent.submissions import EMAIL_MAX, ID_MAX, MESSAGE_MAX, PAGE_MAX
 
@@ -81,6 +82,10 @@ SCHEMAS: dict[str, Any] = {
             "withdraw_token": {"type": "string", "description": "Shown this once; only its sha256 is stored."},
             "entry_hash": {"type": "string", "description": "Hash of the ledger entry that holds this consent."},
             "withdraw_url": {"type": "string"},
+            # The receipt page's words, for a receipt shown in place (web/pages.py receipt_words).
+            "policy_title": {"type": "string"}, "version_url": {"type": "string"}, "current": {"type": "boolean"},
+            "consent_sentences": {"type": "array", "items": {"type": "string"}},
+            "receipt_file_url": {"type": "string"}, "manage_url": {"type": "string"},
         },
     },
     "Withdraw": {"type": "object", "required": ["receipt_id", "withdraw_token"], "additionalProperties": False,
@@ -177,6 +182,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/api/pages.css": {"get": {"summary": "Stylesheet of the service's pages.", "responses": {
                 "200": {"description": "CSS.", "content": {"text/css": {"schema": {"type": "string"}}}}}}},
             **MAIL_LINK_PATHS,  # the pages behind links in our e-mails (form_handler/mail_routes.py)
+            **SELF_SERVICE_PATHS,  # manage, the receipt file, "what do you hold about me?" (selfservice_routes.py)
         },
         "components": {
             "schemas": SCHEMAS,

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse
 
 from form_handler.consent.manifest import PolicyEntry
 from form_handler.consent.submissions import is_site_path
+from form_handler.web import site_shell
 
 API_ROOT = "/api"
 STYLESHEET = Path(__file__).parent / "pages" / "pages.css"
@@ -67,10 +68,30 @@ def confirmation_sentence(receipt: Any, email: str | None) -> str:
 
 
 def _page(template: str, status: int, site_url: str, **context: Any) -> HTMLResponse:
+    """Render `template` (which extends base.html) into the site's shell when there is one, else as it is."""
     context.setdefault("policy_url", None)
     context.setdefault("policy_title", None)
-    html = _ENV.get_template(template).render(api_root=API_ROOT, site_url=site_url, **context)
-    return HTMLResponse(html, status_code=status, headers=HEADERS)
+    tmpl = _ENV.get_template(template)
+    shell = site_shell.current()
+    if shell is None:
+        html = tmpl.render(api_root=API_ROOT, site_url=site_url, **context)
+        return HTMLResponse(html, status_code=status, headers=HEADERS)
+    # Only the page's own content block goes into the shell; base.html's header and footer are the site's.
+    content = "".join(tmpl.blocks["content"](tmpl.new_context({"api_root": API_ROOT, "site_url": site_url, **context})))
+    return in_shell(shell, str(context["title"]), content, status,
+                    policy=(context["policy_title"], context["policy_url"]))
+
+
+def in_shell(shell: site_shell.Shell, title: str, content: str, status: int = 200, *,
+             policy: tuple[Any, Any] = (None, None)) -> HTMLResponse:
+    """`content` (HTML rendered by Jinja) under an <h1> of `title`, in the site's shell, with the shell's CSP; with
+    `policy` (title, url), a link to the policy at the end, where base.html's footer has it."""
+    policy_title, policy_url = policy
+    if policy_url:
+        content += f'<p><a href="{_escape(policy_url)}">{_escape(policy_title or policy_url)}</a></p>\n'
+    html = shell.fill(title, f'<h1>{_escape(title)}</h1>\n<div class="policy-service">\n{content}</div>')
+    # The shell's policy (its own inline scripts by hash) replaces the app's script-free one for this page.
+    return HTMLResponse(html, status_code=status, headers={**HEADERS, "Content-Security-Policy": shell.csp})
 
 
 # Placeholders that survive autoescaping unchanged and never occur in a template or a setting.
@@ -123,6 +144,7 @@ class Prerendered:
 
 
 _RECEIPT = Prerendered("receipt.html")
+_RECEIPT_CONTENT = Prerendered("receipt_content.html")  # the same content, for the site's shell
 
 
 def receipt_page(
@@ -134,16 +156,31 @@ def receipt_page(
     version_url = f"{site_url}/{policy.versions.get(receipt.policy_version, policy.url)}" if policy else policy_url
     contact, updates, third_parties = consent_sentences(receipt, email)
     confirmation = confirmation_sentence(receipt, email)
-    html = _RECEIPT.render(
-        {"site_url": site_url, "title": "Your feedback was recorded",
-         "description": "Receipt for your feedback and the consent you gave.",
-         "current": policy is None or receipt.policy_version == policy.current},
-        {"receipt_id": receipt.receipt_id, "recorded_at": receipt.recorded_at, "policy_version": receipt.policy_version,
-         "withdraw_token": receipt.withdraw_token, "email": email, "message": message,
-         "contact": contact, "updates": updates, "third_parties": third_parties, "confirmation": confirmation,
-         "policy_title": title, "policy_url": policy_url, "version_url": version_url},
-    )
-    return HTMLResponse(html, status_code=200, headers=HEADERS)
+    page_title = "Your feedback was recorded"
+    fixed = {"site_url": site_url, "title": page_title,
+             "description": "Receipt for your feedback and the consent you gave.",
+             "current": policy is None or receipt.policy_version == policy.current}
+    values = {"receipt_id": receipt.receipt_id, "recorded_at": receipt.recorded_at,
+              "policy_version": receipt.policy_version, "withdraw_token": receipt.withdraw_token, "email": email,
+              "message": message, "contact": contact, "updates": updates, "third_parties": third_parties,
+              "confirmation": confirmation, "policy_title": title, "policy_url": policy_url, "version_url": version_url}
+    shell = site_shell.current()
+    if shell is not None:
+        return in_shell(shell, page_title, _RECEIPT_CONTENT.render(fixed, values), policy=(title, policy_url))
+    return HTMLResponse(_RECEIPT.render(fixed, values), status_code=200, headers=HEADERS)
+
+
+def receipt_words(receipt: Any, *, email: str | None, policy: PolicyEntry | None, site_url: str) -> dict[str, Any]:
+    """What the receipt page says in words, for the receipt shown in place (site_src/assets/feedback.js) to say
+    the same: the policy's title and its version's URL, each consent's sentence, where the receipt file and the
+    manage page are."""
+    title = policy.title if policy else receipt.policy_id
+    version_url = (f"{site_url}/{policy.versions.get(receipt.policy_version, policy.url)}" if policy
+                   else f"{site_url}/")
+    return {"policy_title": title, "version_url": version_url,
+            "current": policy is None or receipt.policy_version == policy.current,
+            "consent_sentences": consent_sentences(receipt, email),
+            "receipt_file_url": f"{API_ROOT}/receipt", "manage_url": f"{site_url}{API_ROOT}/manage"}
 
 
 def withdrawn_page(receipt_id: str, *, site_url: str) -> HTMLResponse:
@@ -169,13 +206,14 @@ LEADS = {
 }
 
 
-def error_page(status: int, errors: dict[str, str], *, site_url: str, back_path: str = "") -> HTMLResponse:
+def error_page(status: int, errors: dict[str, str], *, site_url: str, back_path: str = "",
+               lead: str | None = None) -> HTMLResponse:
     """A refusal as a page: the status, each offending field with its sentence, and a link back."""
     back_ok = is_site_path(back_path)
     return _page(
         "error.html", status, site_url,
         title="Not sent" if status != 404 else "Receipt not found",
         description="Why your request was not accepted, and how to correct it.",
-        lead=LEADS.get(status, "We could not accept this request."),
+        lead=lead or LEADS.get(status, "We could not accept this request."),
         errors=errors, back_url=f"{site_url}{back_path}" if back_ok else None,
     )

@@ -113,30 +113,50 @@
     return email && email.trim() && which ? CONFIRMATION_SENTENCE.replace("{waits}", CONFIRMATION_WAITS[which]) : "";
   }
 
-  function showReceipt(r, email) {
-    receipt.textContent = "";
-    receipt.appendChild(el("h2", "Thank you: your feedback is recorded"));
-    var facts = el("dl");
-    function fact(term, value, asCode) {
-      facts.appendChild(el("dt", term));
-      var dd = el("dd");
-      dd.appendChild(asCode ? el("code", value) : el("span", value));
-      facts.appendChild(dd);
-    }
-    fact("Receipt", r.receipt_id, true);
-    var when = el("time", readable(r.recorded_at), { datetime: r.recorded_at });
-    facts.appendChild(el("dt", "Recorded at"));
-    facts.appendChild(el("dd")).appendChild(when);
-    fact("Policy", r.policy_id);
-    fact("Policy version", r.policy_version, true);
-    CONSENTS.forEach(function (name) { fact(labelOf(name), r[name] ? "Yes" : "No"); });
-    fact("Withdraw token", r.withdraw_token, true);
-    receipt.appendChild(facts);
-    var confirmation = confirmationSentence(r, email);
-    if (confirmation) receipt.appendChild(el("p", confirmation));
-    receipt.appendChild(el("p", "Keep the receipt and the token: the token is shown only this once, " +
-      "and with it you can withdraw your consent at any time."));
+  // The receipt shown in place says what the service's receipt page says (form_handler/web/pages/receipt_content.html),
+  // in the same words and order; the service sends the words that depend on the receipt (receipt_words in
+  // form_handler/web/pages.py), and tests/test_pages.py pins the fixed sentences below to that template.
+  var TOKEN_WARNING = "Keep this token now; it is shown only this once.";
+  var TOKEN_WHY = "We store only a hash of it, so we cannot show it to you again. With the receipt above it lets you withdraw your consent at any time.";
+  var KEEP_FILE = "Save this receipt as a file: it holds what you agreed to, which version of the policy, the token and how to use it. Keep the file private, since the token in it lets anyone withdraw or erase this consent.";
+  var MANAGE_LATER = "Later, you can see this receipt again, withdraw your consents one at a time or all together, or erase your e-mail address and message on ";
 
+  function hidden(name, value) { return el("input", null, { type: "hidden", name: name, value: value }); }
+
+  function showReceipt(r, data) {
+    receipt.textContent = "";
+    receipt.appendChild(el("h2", "Your feedback was recorded"));
+    receipt.appendChild(el("p", "Thank you. We recorded your feedback and your consent as set out below."));
+    var facts = el("dl");
+    function fact(term, node) {
+      facts.appendChild(el("dt", term));
+      facts.appendChild(el("dd")).appendChild(node);
+    }
+    fact("Receipt", el("code", r.receipt_id));
+    var when = el("span");
+    when.appendChild(el("time", r.recorded_at, { datetime: r.recorded_at }));
+    when.appendChild(document.createTextNode(" (UTC)"));
+    fact("Recorded at", when);
+    var policy = el("span");
+    policy.appendChild(el("a", r.policy_title, { href: r.version_url }));
+    policy.appendChild(document.createTextNode(", the version you were shown" + (r.current ? "" : " (an earlier version)")));
+    fact("Policy", policy);
+    fact("Version", el("code", r.policy_version));
+    fact("Email address", el("span", data.email ? data.email : "None given"));
+    receipt.appendChild(facts);
+    receipt.appendChild(el("h2", "Your choices"));
+    var choices = receipt.appendChild(el("ul"));
+    (r.consent_sentences || []).forEach(function (sentence) { choices.appendChild(el("li", sentence)); });
+    var confirmation = confirmationSentence(r, data.email);
+    if (confirmation) receipt.appendChild(el("p", confirmation));
+    receipt.appendChild(el("h2", "Your message"));
+    receipt.appendChild(el("blockquote", data.message, { "class": "message" }));
+
+    receipt.appendChild(el("h2", "Withdrawal token"));
+    var warning = receipt.appendChild(el("p", null, { "class": "warning" }));
+    warning.appendChild(el("strong", TOKEN_WARNING));
+    warning.appendChild(document.createTextNode(" " + TOKEN_WHY));
+    receipt.appendChild(el("p")).appendChild(el("code", r.withdraw_token, { "class": "token" }));
     var button = el("button", "Withdraw my consent", { type: "button", "class": "md-button" });
     var status = el("p", null, { role: "status", "aria-live": "polite" });
     button.addEventListener("click", function () {
@@ -158,6 +178,18 @@
     receipt.appendChild(button);
     receipt.appendChild(status);
 
+    // The receipt file: a plain form post (the token goes in the body, never in a URL), answered as an attachment.
+    receipt.appendChild(el("h2", "Keep your receipt"));
+    receipt.appendChild(el("p", KEEP_FILE));
+    var keep = el("form", null, { method: "post", action: r.receipt_file_url });
+    keep.appendChild(hidden("receipt_id", r.receipt_id));
+    keep.appendChild(hidden("withdraw_token", r.withdraw_token));
+    keep.appendChild(el("button", "Download this receipt (JSON)", { type: "submit", "class": "md-button", "data-receipt-download": "" }));
+    receipt.appendChild(keep);
+    var later = receipt.appendChild(el("p", MANAGE_LATER));
+    later.appendChild(el("a", "Manage your consent", { href: r.manage_url }));
+    later.appendChild(document.createTextNode(", with the receipt id and the token."));
+
     form.hidden = true;
     receipt.hidden = false;
     receipt.focus();
@@ -178,7 +210,7 @@
     var data = payload();
     post(form.action, data)
       .then(function (res) {
-        if (res.status === 201) showReceipt(res.body, data.email);
+        if (res.status === 201) showReceipt(res.body, data);
         else if (res.status === 422 && res.body && res.body.errors) showErrors(res.body.errors);
         else showSummary(describe(res));
       })

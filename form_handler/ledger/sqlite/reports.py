@@ -5,24 +5,20 @@ Every function takes an apsw connection inside an open read transaction (one sna
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import apsw
 
-from form_handler.consent.addresses import email_key
-from form_handler.ledger.chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, commitment
+from form_handler.ledger.chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS
+from form_handler.ledger.rows import MIN_COUNT, export_rows, stats_shape, third_party_rows
+# The sentences and checks every backend shares (ledger/rows.py), re-exported for verify_range.py.
+from form_handler.ledger.rows import EXPORT_FIELDS as EXPORT_FIELDS
+from form_handler.ledger.rows import commitment_problem as commitment_problem
+from form_handler.ledger.rows import commitment_wrong as commitment_wrong
+from form_handler.ledger.rows import link_problem as link_problem
 
-# Counts below this are left out (or null) so that no one can be picked out of the statistics.
-MIN_COUNT = 5
-# The fixed columns of a full export, in order (CSV header); other chained fields go in "details".
-# updates_stopped is the e-mail unsubscribe, which withdraws nothing else (so withdrawn stays false).
-EXPORT_FIELDS = (
-    "seq", "entry_hash", "kind", "receipt_id", "recorded_at", "policy_id", "policy_version", "page",
-    *FLAG_COLUMNS, "email", "message", "withdrawn", "erased", "updates_stopped", "details",
-)
 _COLUMNS = ("seq", "kind", "receipt_id", "recorded_at", *TEXT_COLUMNS, *FLAG_COLUMNS)
 _PATHS = ", ".join(f"'$.{c}'" for c in _COLUMNS)
 
@@ -55,10 +51,6 @@ def first_broken_link(conn: apsw.Connection) -> tuple[int, str] | None:
     if not found:
         return None
     return found[0][0], link_problem(found[0][0])
-
-
-def link_problem(seq: int) -> str:
-    return f"entry #{seq} does not link to the hash of entry #{seq - 1}"
 
 
 def first_column_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
@@ -104,23 +96,6 @@ def first_commitment_mismatch(conn: apsw.Connection) -> tuple[int, str] | None:
     return first, commitment_problem(first)
 
 
-def commitment_wrong(expected: object, salt: object, email: object, message: object, page: object, v: object) -> bool:
-    """Whether a consent's stored personal data fails its commitment; `v` is the entry's "v" as json_extract gives it."""
-    version = v if isinstance(v, int) else 1
-    # A v1 consent chains its page: a page beside its personal data is covered by nothing, so it is wrong.
-    if version < 2 and page is not None:
-        return True
-    if not (isinstance(salt, bytes) and isinstance(message, str) and isinstance(email, str | None)
-            and isinstance(page, str | None)):
-        return True  # values of another type (a tampered column) commit to nothing
-    computed = commitment(salt, email, message, page, v=version).encode()
-    return not hmac.compare_digest(str(expected).encode("utf-8", "surrogatepass"), computed)
-
-
-def commitment_problem(seq: int) -> str:
-    return f"entry #{seq}: email, message or page do not match the entry's commitment"
-
-
 def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
     """Every chained entry in order, with personal data where it still exists and the receipt's status.
 
@@ -128,21 +103,11 @@ def entries(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
     for a v1 consent, which chained it.
     """
     rows = conn.execute(
-        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, p.page, r.withdrawn, r.erased, r.updates_stopped"
-        " FROM entries e LEFT JOIN personal p ON e.kind = 'consent' AND p.receipt_id = e.receipt_id"
+        "SELECT e.seq, e.hash, e.canonical, p.email, p.message, p.page, r.withdrawn, r.erased, r.updates_stopped,"
+        " r.contact_stopped, r.third_parties_stopped FROM entries e LEFT JOIN personal p ON e.kind = 'consent' AND p.receipt_id = e.receipt_id"
         " LEFT JOIN receipts r ON r.receipt_id = e.receipt_id ORDER BY e.seq"
     )
-    skip = {"v", "withdraw_token_sha256"}
-    for seq, digest, data, email, message, page, withdrawn, erased, stopped in rows:
-        entry = json.loads(data)
-        out: dict[str, Any] = {"seq": seq, "entry_hash": digest}
-        for name in EXPORT_FIELDS[2:-6]:
-            out[name] = entry.get(name)
-        if entry.get("v", 1) >= 2:
-            out["page"] = page
-        out.update(email=email, message=message, withdrawn=bool(withdrawn), erased=bool(erased), updates_stopped=bool(stopped))
-        out["details"] = {k: v for k, v in entry.items() if k not in out and k not in skip}
-        yield out
+    yield from export_rows(rows)
 
 
 def third_party_emails(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
@@ -156,23 +121,12 @@ def third_party_emails(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
     """
     rows = conn.execute(
         # The confirmation lookup uses the entries (receipt_id, kind) index, once per receipt with an address.
-        "SELECT r.email, r.consent_third_parties, r.withdrawn, r.erased FROM receipts r"
+        # A third-party consent withdrawn on its own (schema 7) counts as not given.
+        "SELECT r.email, r.consent_third_parties AND NOT r.third_parties_stopped, r.withdrawn, r.erased FROM receipts r"
         " WHERE r.email IS NOT NULL AND r.email <> '' AND EXISTS (SELECT 1 FROM entries k"
         " WHERE k.receipt_id = r.receipt_id AND k.kind = 'confirmation') ORDER BY r.seq DESC"
     )
-    decided: dict[str, tuple[str, bool]] = {}
-    for email, third, withdrawn, erased in rows:
-        key = email_key(email)
-        if key not in decided:
-            decided[key] = (email.strip(), bool(third) and not withdrawn and not erased)
-    for key in sorted(decided):
-        email, ok = decided[key]
-        if ok:
-            yield {"email": email}
-
-
-def _suppress(n: int | None) -> int | None:
-    return n if n is not None and n >= MIN_COUNT else None
+    yield from third_party_rows(rows)
 
 
 def stats(conn: apsw.Connection) -> dict[str, Any]:
@@ -191,20 +145,7 @@ def stats(conn: apsw.Connection) -> dict[str, Any]:
         (MIN_COUNT,),
     ):
         per_version.setdefault(pid, {})[version] = n
-    return _stats_shape(totals[:3], totals[3:], per_day, per_version)
-
-
-def _stats_shape(totals: Any, sums: Any, per_day: dict[str, int], per_version: dict[str, dict[str, int]]) -> dict[str, Any]:
-    return {
-        "min_count": MIN_COUNT,
-        "submissions": _suppress(totals[0]),
-        "withdrawn": _suppress(totals[1]),
-        "erased": _suppress(totals[2]),
-        "standing": _suppress(sums[0]),
-        "per_consent": {"contact": _suppress(sums[1]), "updates": _suppress(sums[2]), "third_parties": _suppress(sums[3])},
-        "per_day": per_day,
-        "per_policy_version": per_version,
-    }
+    return stats_shape(totals[:3], totals[3:], per_day, per_version)
 
 
 def recount_stats(conn: apsw.Connection) -> dict[str, Any]:
@@ -218,9 +159,9 @@ def recount_stats(conn: apsw.Connection) -> dict[str, Any]:
         if n >= MIN_COUNT:
             per_version.setdefault(pid, {})[version] = n
     sums: Any = conn.execute(
-        # Someone who stopped change e-mails (unsubscribe) no longer counts as wanting updates.
-        f"SELECT count(*), sum(consent_contact), sum(consent_updates AND NOT updates_stopped),"
-        f" sum(consent_third_parties) {standing}"
+        # A consent withdrawn on its own (the e-mail unsubscribe is one, for updates) no longer counts.
+        f"SELECT count(*), sum(consent_contact AND NOT contact_stopped), sum(consent_updates AND NOT updates_stopped),"
+        f" sum(consent_third_parties AND NOT third_parties_stopped) {standing}"
     ).fetchall()[0]
     totals: Any = conn.execute("SELECT count(*), sum(withdrawn), sum(erased) FROM receipts").fetchall()[0]
-    return _stats_shape(totals, sums, per_day, per_version)
+    return stats_shape(totals, sums, per_day, per_version)

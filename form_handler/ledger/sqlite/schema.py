@@ -12,6 +12,15 @@ import apsw
 from form_handler.consent.addresses import email_key
 from form_handler.ledger.types import LedgerError
 
+# The apsw errors that mean "cannot write now", not "the request is wrong".
+UNAVAILABLE_ERRORS = (
+    apsw.FullError, apsw.ReadOnlyError, apsw.IOError, apsw.CantOpenError,
+    apsw.BusyError, apsw.LockedError, apsw.PermissionsError,
+)
+# For readers, also a file that is not (or no longer) a database: reading may work again once it is
+# restored, and a page that reads the ledger answers 503 meanwhile, not 500.
+READ_UNAVAILABLE_ERRORS = (*UNAVAILABLE_ERRORS, apsw.NotADBError, apsw.CorruptError)
+
 # Older SQLite has the WAL-reset bug that can corrupt a database written by several processes.
 SQLITE_MINIMUM = (3, 51, 3)
 # >= 5 s so several uvicorn workers queue for the write lock instead of failing.
@@ -208,6 +217,133 @@ END;
 """
 
 
+# Schema 6: the tables beside the chain, which their modules used to create on first use (mail/outbox.py,
+# mail/quota.py, and `meta` by notify.py and ledgers older than the key file). IF NOT EXISTS: a ledger written
+# by an older version may have any of them already, with exactly these columns.
+# outbox: queued mail (personal data, not chained; erase() deletes a receipt's rows). mail_quota: keyed hashes
+# of addresses, a day at most. meta: name/value rows (the notify run lock; older versions' link key).
+_SCHEMA_6 = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    receipt_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    message BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    claimed_until TEXT,
+    last_error TEXT,
+    sent_at TEXT,
+    gave_up_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at) WHERE sent_at IS NULL AND gave_up_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_id);
+CREATE TABLE IF NOT EXISTS mail_quota (
+    recipient_hmac TEXT NOT NULL,
+    queued_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mail_quota_recipient ON mail_quota (recipient_hmac, queued_at);
+CREATE INDEX IF NOT EXISTS mail_quota_queued ON mail_quota (queued_at);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# Schema 7: a consent can be withdrawn on its own. A withdrawal naming no consent (consent_contact,
+# consent_updates and consent_third_parties all NULL) withdraws every consent of its receipt; one setting some
+# of them false withdraws exactly those (the e-mail unsubscribe names consent_updates, as before). No stored
+# withdrawal names consent_contact or consent_third_parties, so every stored entry means what it meant, and
+# the counters of schema 5 stay exact without a recount. The receipts view gains contact_stopped and
+# third_parties_stopped beside updates_stopped; the triggers that read "withdrawn" are replaced by ones with
+# the new rule (the fragments below), and the unsubscribe trigger by one for any per-consent withdrawal.
+_W7 = ("EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = NEW.receipt_id AND w.kind = 'withdrawal'"
+       " AND w.consent_contact IS NULL AND w.consent_updates IS NULL AND w.consent_third_parties IS NULL"
+       " AND w.seq < NEW.seq)")
+_C7 = ("EXISTS (SELECT 1 FROM entries k WHERE k.receipt_id = NEW.receipt_id AND k.kind = 'withdrawal'"
+       " AND k.consent_contact IS NOT NULL AND k.seq < NEW.seq)")
+_T7 = ("EXISTS (SELECT 1 FROM entries t WHERE t.receipt_id = NEW.receipt_id AND t.kind = 'withdrawal'"
+       " AND t.consent_third_parties IS NOT NULL AND t.seq < NEW.seq)")
+_NAMES_NONE = "NEW.consent_contact IS NULL AND NEW.consent_updates IS NULL AND NEW.consent_third_parties IS NULL"
+
+
+def _leaves_standing_7(unless: str) -> str:
+    # As _leaves_standing, but a consent already withdrawn on its own was taken back when it was.
+    return f"""
+  UPDATE stats_totals SET standing = standing - 1,
+    contact = contact - (SELECT coalesce(c.consent_contact <> 0 AND NOT {_C7}, 0) FROM {_CONSENT}),
+    updates = updates - (SELECT coalesce(c.consent_updates <> 0 AND NOT {_S0}, 0) FROM {_CONSENT}),
+    third_parties = third_parties - (SELECT coalesce(c.consent_third_parties <> 0 AND NOT {_T7}, 0) FROM {_CONSENT})
+  WHERE NOT {unless};
+  INSERT INTO stats_days (day, n) SELECT substr(c.recorded_at, 1, 10), -1 FROM {_CONSENT} AND NOT {unless}
+  ON CONFLICT (day) DO UPDATE SET n = n + excluded.n;
+  INSERT INTO stats_versions (policy_id, policy_version, n) SELECT c.policy_id, {_V0}, -1 FROM {_CONSENT}
+  AND NOT {unless} ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + excluded.n;"""
+
+
+def _takes_back(flag: str, stopped: str) -> str:
+    # 1 when NEW names `flag`, the receipt gave it, and no earlier withdrawal named it.
+    return f"(SELECT coalesce(NEW.{flag} IS NOT NULL AND c.{flag} <> 0 AND NOT {stopped}, 0) FROM {_CONSENT})"
+
+
+_SCHEMA_7 = f"""
+DROP VIEW receipts;
+CREATE VIEW receipts AS
+SELECT c.seq, c.receipt_id, c.recorded_at, c.policy_id,
+       coalesce(c.page, p.page) AS page,
+       c.policy_version AS consented_version,
+       (SELECT r.policy_version FROM entries r WHERE r.receipt_id = c.receipt_id
+          AND r.kind IN ('consent', 'reconsent') ORDER BY r.seq DESC LIMIT 1) AS policy_version,
+       c.consent_contact, c.consent_updates, c.consent_third_parties,
+       -- A withdrawal naming no consent withdraws them all; one naming some withdraws exactly those (*_stopped).
+       EXISTS (SELECT 1 FROM entries w WHERE w.receipt_id = c.receipt_id AND w.kind = 'withdrawal'
+               AND w.consent_contact IS NULL AND w.consent_updates IS NULL AND w.consent_third_parties IS NULL) AS withdrawn,
+       EXISTS (SELECT 1 FROM entries x WHERE x.receipt_id = c.receipt_id AND x.kind = 'erasure') AS erased,
+       p.email,
+       EXISTS (SELECT 1 FROM entries u WHERE u.receipt_id = c.receipt_id AND u.kind = 'withdrawal'
+               AND u.consent_updates IS NOT NULL) AS updates_stopped,
+       EXISTS (SELECT 1 FROM entries k WHERE k.receipt_id = c.receipt_id AND k.kind = 'withdrawal'
+               AND k.consent_contact IS NOT NULL) AS contact_stopped,
+       EXISTS (SELECT 1 FROM entries t WHERE t.receipt_id = c.receipt_id AND t.kind = 'withdrawal'
+               AND t.consent_third_parties IS NOT NULL) AS third_parties_stopped
+FROM entries c LEFT JOIN personal p ON p.receipt_id = c.receipt_id
+WHERE c.kind = 'consent';
+
+DROP TRIGGER stats_reconsent;
+DROP TRIGGER stats_withdrawal;
+DROP TRIGGER stats_erasure;
+DROP TRIGGER stats_updates_stopped;
+CREATE TRIGGER stats_reconsent AFTER INSERT ON entries
+WHEN NEW.kind = 'reconsent' AND NOT {_W7} AND NOT {_E0}
+BEGIN
+  INSERT INTO stats_versions (policy_id, policy_version, n) SELECT c.policy_id, {_V0}, -1 FROM {_CONSENT}
+  ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + excluded.n;
+  INSERT INTO stats_versions (policy_id, policy_version, n) SELECT c.policy_id, NEW.policy_version, 1 FROM {_CONSENT}
+  ON CONFLICT (policy_id, policy_version) DO UPDATE SET n = n + excluded.n;
+END;
+-- The first withdrawal naming no consent withdraws the receipt; a later one changes nothing.
+CREATE TRIGGER stats_withdrawal AFTER INSERT ON entries
+WHEN NEW.kind = 'withdrawal' AND {_NAMES_NONE} AND NOT {_W7} AND EXISTS (SELECT 1 FROM {_CONSENT})
+BEGIN
+  UPDATE stats_totals SET withdrawn = withdrawn + 1;{_leaves_standing_7(_E0)}
+END;
+CREATE TRIGGER stats_erasure AFTER INSERT ON entries
+WHEN NEW.kind = 'erasure' AND NOT {_E0} AND EXISTS (SELECT 1 FROM {_CONSENT})
+BEGIN
+  UPDATE stats_totals SET erased = erased + 1;{_leaves_standing_7(_W7)}
+END;
+-- A withdrawal naming consents, on a standing receipt: each named consent it gave, not withdrawn before,
+-- no longer counts.
+CREATE TRIGGER stats_consents_withdrawn AFTER INSERT ON entries
+WHEN NEW.kind = 'withdrawal' AND NOT ({_NAMES_NONE}) AND NOT {_W7} AND NOT {_E0}
+  AND EXISTS (SELECT 1 FROM {_CONSENT})
+BEGIN
+  UPDATE stats_totals SET contact = contact - {_takes_back("consent_contact", _C7)},
+    updates = updates - {_takes_back("consent_updates", _S0)},
+    third_parties = third_parties - {_takes_back("consent_third_parties", _T7)};
+END;
+"""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step: takes the ledger from the version before it to `version`."""
@@ -224,13 +360,17 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "a consent's page moves to the erasable personal data (entry format v2)", _SCHEMA_3),
     Migration(4, "an index of personal data by address (email_key)", _SCHEMA_4),
     Migration(5, "statistics kept as counters by triggers", _SCHEMA_5),
+    Migration(6, "the mail outbox, the mail quota and meta, created here rather than by their modules", _SCHEMA_6),
+    Migration(7, "withdrawing one consent at a time: the receipts view and the statistics' triggers", _SCHEMA_7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 # The whole schema of a new ledger, for reading (tests, documentation); migrate() is what applies it.
 SCHEMA = "".join(m.sql for m in MIGRATIONS)
-# Name/value rows beside the chain (not chained, nothing personal): the notify run lock (notify.py); older
-# versions also kept the e-mail link key here, which keys.adopt_legacy_key moves out. Its one definition.
-META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+# The rule "a withdrawal naming no consent withdraws every consent of its receipt; one naming some (set false)
+# withdraws exactly those", as SQL over an entries row (types.withdraws_all in Python). Since schema 7; released
+# migrations spell out the rule of their time themselves and stay as they shipped.
+WITHDRAWS_ALL = ("kind = 'withdrawal' AND consent_contact IS NULL AND consent_updates IS NULL"
+                 " AND consent_third_parties IS NULL")
 
 
 def _email_key_or_none(*args: Any) -> str | None:

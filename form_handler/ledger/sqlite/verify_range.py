@@ -24,7 +24,8 @@ _MIRRORED = sorted(("kind", "receipt_id", "recorded_at", "seq", *TEXT_COLUMNS, *
 _NULLABLE = (*TEXT_COLUMNS, *FLAG_COLUMNS)
 _TEXT = ("kind", "receipt_id", "recorded_at", *TEXT_COLUMNS)
 # Which nullable columns each entry shape this code writes has, most frequent first: a v2 consent; a notice or
-# reconsent; a confirmation; a withdrawal or erasure; an e-mail unsubscribe; a v1 consent (page chained).
+# reconsent; a confirmation; a withdrawal or erasure; an e-mail unsubscribe; a v1 consent (page chained); a
+# withdrawal of contact or of third-party sharing alone (self-service).
 # Another shape is still verified, by the row-by-row pass (slower): add it here.
 _SHAPES: tuple[frozenset[str], ...] = tuple(frozenset(s) for s in (
     ("commitment", "policy_id", "policy_version", *FLAG_COLUMNS),
@@ -33,6 +34,8 @@ _SHAPES: tuple[frozenset[str], ...] = tuple(frozenset(s) for s in (
     (),
     ("consent_updates",),
     ("commitment", "page", "policy_id", "policy_version", *FLAG_COLUMNS),
+    ("consent_contact",),
+    ("consent_third_parties",),
 ))
 
 
