@@ -6,8 +6,13 @@ a unique message each) at each connection count and worker count, interleaved, s
 the medians. Every durable success was acknowledged only after its COMMIT; the bench checks afterwards
 that the ledger holds at least as many entries as wrk counted successes and that it verifies.
 
+With --ledger postgresql the durable app writes to PostgreSQL instead: a temporary server from Debian's
+postgresql 15 binaries (tests/pgserver.py, as the tests start it), a fresh database per configuration; there
+each uvicorn worker is one instance of the service (its own pool and group-commit writer) on the shared database.
+
 Usage:
     .venv/bin/python -m bench.throughput [--duration 10] [--runs 3] [--connections 50,200] [--workers 1,2]
+        [--ledger sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ def write_manifest(path: Path) -> None:
                                               "version": VERSION, "changes": [], "versions": [version]}]}))
 
 
-def start(app: str, workers: int, workdir: Path, ledger: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start(app: str, workers: int, workdir: Path, ledger: Path | str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POLICY_SITE_LEDGER": str(ledger),
            "POLICY_SITE_MANIFEST": str(workdir / "policy-versions.json"), "POLICY_SITE_RATE_LIMIT": "0"}
@@ -124,12 +129,15 @@ def measure(app: str, workers: int, connections: int, run: int, proc: subprocess
                   r["p50_us"] / 1000, r["p99_us"] / 1000, cpu / max(ok, 1) * 1e6)
 
 
-def check_ledger(ledger: Path, acknowledged: int) -> str:
+def check_ledger(ledger: Path | str, acknowledged: int) -> str:
     """The ledger holds every acknowledged submission (and maybe a few in flight at the end) and verifies."""
-    from form_handler.ledger.sqlite.store import Ledger
+    from form_handler.ledger import open_ledger
 
-    with Ledger(ledger, readonly=True) as led:
+    led = open_ledger(ledger, readonly=True)
+    try:
         report = led.verify()
+    finally:
+        led.close()
     if not report.ok or report.count < acknowledged:
         raise SystemExit(f"{ledger}: {report.count} entries for {acknowledged} acknowledged, ok={report.ok}")
     return f"{report.count} entries, verify ok"
@@ -158,6 +166,8 @@ def main() -> None:
     parser.add_argument("--connections", default="50,200")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--ledger", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="where the durable app keeps its ledger")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed; on Debian: apt-get install wrk.")
@@ -165,13 +175,21 @@ def main() -> None:
     workers = [int(w) for w in args.workers.split(",")]
     load_before = os.getloadavg()
     samples: list[Sample] = []
+    postgres = None
+    if args.ledger == "postgresql":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pgserver import PgServer  # the tests' temporary server (initdb as the postgres user)
+
+        postgres = PgServer()
     with tempfile.TemporaryDirectory(prefix="policy-bench-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None) as tmp:
         workdir = Path(tmp)
         write_manifest(workdir / "policy-versions.json")
         for run in range(args.runs):
             for w in workers:
                 for app in ("bare", "durable"):  # interleaved, so drift in the machine hits both alike
-                    ledger = workdir / f"ledger-{run}-{w}.sqlite3"
+                    ledger: Path | str = workdir / f"ledger-{run}-{w}.sqlite3"
+                    if postgres is not None and app == "durable":
+                        ledger = postgres.create_database()
                     proc, port = start(app, w, workdir, ledger)
                     try:
                         for c in connections:
@@ -185,7 +203,9 @@ def main() -> None:
                     if app == "durable":
                         acked = sum(s.ok for s in samples if s.app == app and s.workers == w and s.run == run)
                         print(f"  ledger: {check_ledger(ledger, acked)}", flush=True)
-    print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
+    if postgres is not None:
+        postgres.stop()
+    print(f"\nledger: {args.ledger}; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; "
           f"{os.cpu_count()} CPUs; medians of {args.runs} runs of {args.duration} s\n")
     print(table(samples, connections, workers))
     if args.json:

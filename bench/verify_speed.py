@@ -1,13 +1,11 @@
 """`ledger verify` against the hash limit: full verify beside raw chained sha256 over the same bytes, in one run.
 
-    .venv/bin/python -m bench.verify_speed                           # 100k and 1M entries, 5 runs each
+    .venv/bin/python -m bench.verify_speed                           # 100k and 1M consents, 5 runs each
     .venv/bin/python -m bench.verify_speed --sizes 100000 --runs 7
-    .venv/bin/python -m bench.verify_speed --dir /tmp/vbench --keep  # keep the ledgers; a later run reuses them
 
-Builds each ledger through the ledger's own API in transactions of 5,000 appends (as the writer does, in one
-process): people consent, 60% with an address asking for updates, 90% of those confirm; some withdraw, stop
-the e-mails or are erased (70% of the entries); then a material change is published, and notices to the
-subscribers, a quarter of whom agree again, fill the rest. Then, alternating so drift on a shared machine hits
+The ledgers are bench/scale_bench.py's (built once through the ledger's own API and kept in its --dir: people
+consent, 60% with an address asking for updates, 90% of those confirm; some stop the e-mails, withdraw or are
+erased; a material change's notices and reconsents follow). Then, alternating so drift on a shared machine hits
 both alike, it times:
 
 - raw: sha256(previous hash + canonical bytes) chained over every entry in a Python loop, the bytes read into
@@ -27,70 +25,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from form_handler.ledger.sqlite import verify
-from form_handler.ledger.sqlite.store import ConsentDraft, Ledger
-
-BATCH = 5000
-VERSION_1, VERSION_2 = "1" * 64, "2" * 64
-
-
-def draft(i: int) -> ConsentDraft:
-    email = f"person{i}@example.org" if i % 5 < 3 else None
-    return ConsentDraft("privacy", VERSION_1, "/feedback/", f"Feedback number {i}, with a few words more.", email,
-                        email is not None, email is not None, i % 3 == 0)
-
-
-def build(path: Path, entries: int) -> tuple[float, int]:
-    """Append consents and what follows them until the ledger has `entries` entries; (seconds, consents)."""
-    start = time.perf_counter()
-    subscribers: list[str] = []
-    count = people = 0
-    with Ledger(path) as led:
-        while count < entries * 0.7:  # the rest is the notice campaign below
-            with led.transaction() as txn:
-                for _ in range(BATCH):
-                    if count >= entries * 0.7:
-                        break
-                    d, i = draft(people), people
-                    receipt = txn.append_consent(d)
-                    count, people = count + 1, people + 1
-                    if d.email and i % 10:
-                        txn.append("confirmation", receipt.receipt_id, policy_id="privacy")
-                        count += 1
-                        if i % 23 == 4:
-                            txn.append("withdrawal", receipt.receipt_id, consent_updates=False)  # stops e-mails
-                            count += 1
-                        else:
-                            subscribers.append(receipt.receipt_id)
-                    if i % 40 == 7:
-                        txn.withdraw(receipt.receipt_id, receipt.withdraw_token)
-                        count += 1
-                    if i % 100 == 9:
-                        txn.erase(receipt.receipt_id)
-                        count += 1
-        notified = iter(subscribers)
-        while count < entries:  # a material change: a notice to each subscriber, some agree again; then consents
-            with led.transaction() as txn:
-                for _ in range(min(BATCH, entries - count)):
-                    receipt_id = next(notified, None)
-                    if receipt_id is None:
-                        txn.append_consent(draft(people))
-                        people += 1
-                    elif count % 4 == 0:
-                        txn.append("reconsent", receipt_id, policy_id="privacy", policy_version=VERSION_2)
-                    else:
-                        txn.append("notice", receipt_id, policy_id="privacy", policy_version=VERSION_2,
-                                   change_date="2026-11-20", effective="2026-12-20")
-                    count += 1
-        led.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    return time.perf_counter() - start, people
-
+from bench import scale_bench
+from form_handler.ledger.sqlite.store import Ledger
 
 def chained_sha256(canonicals: list[bytes]) -> str:
     """The chain's own formula, entry after entry, over bytes already in memory."""
@@ -174,29 +116,14 @@ def measure(path: Path, runs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000", help="entries per ledger, comma-separated")
+    parser.add_argument("--sizes", default="100000,1000000", help="consents per ledger, comma-separated")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=None, help="where to build (default: a temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the ledgers; reuse them when they are there")
+    parser.add_argument("--dir", type=Path, default=scale_bench.ROOT / "bench" / "out" / "scale",
+                        help="scale_bench.py's ledgers: reused when there, built and kept when not")
     args = parser.parse_args()
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="verify-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"SQLite files in {folder}; {len(os.sched_getaffinity(0))} CPUs; load average {os.getloadavg()[0]:.2f}")
-    try:
-        for entries in (int(s) for s in args.sizes.split(",")):
-            path = folder / f"verify-{entries}.sqlite3"
-            if not (args.keep and path.exists()):
-                path.unlink(missing_ok=True)
-                seconds, people = build(path, entries)
-                print(f"built {entries:,} entries ({people:,} consents) through the ledger API in {seconds:.0f} s"
-                      f" ({entries / seconds:,.0f} entries/s)")
-            measure(path, args.runs)
-    finally:
-        if not args.keep:
-            for path in folder.glob("verify-*"):
-                path.unlink()
-            if args.dir is None:
-                folder.rmdir()
+    print(f"{len(os.sched_getaffinity(0))} CPUs; load average {os.getloadavg()[0]:.2f}")
+    for consents in (int(s) for s in args.sizes.split(",")):
+        measure(scale_bench.ledger_for(args.dir, consents), args.runs)
 
 
 if __name__ == "__main__":
