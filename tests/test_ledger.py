@@ -222,6 +222,17 @@ def test_third_party_export_ignores_unconfirmed_receipts_either_way(ledger: Ledg
     assert list(ledger.export(third_party=True)) == [{"email": "bob@example.org"}]
 
 
+def test_third_party_export_streams_addresses_in_order_with_the_newest_receipt_deciding(ledger: LedgerStore) -> None:
+    # Receipts of several addresses interleaved, in no order: the export decides one address at a time from
+    # rows ordered by address (code point order, both backends alike), newest receipt first.
+    for email, third in [("zoe@example.org", True), ("Al@example.org", False), ("mia@example.org", True),
+                         ("al@example.org", True), ("ZOE@example.org", False), ("zoé@example.org", True),
+                         ("bo@example.org", True), ("Mia@Example.org", True)]:
+        confirmed(ledger, draft(email=email, third=third))
+    expected = ["al@example.org", "bo@example.org", "Mia@Example.org", "zoé@example.org"]
+    assert [row["email"] for row in ledger.export(third_party=True)] == expected
+
+
 def test_full_export_joins_personal_data_and_status(ledger: LedgerStore) -> None:
     receipt = ledger.append_consent(draft(email="ada@example.org", message="hi"))
     ledger.withdraw(receipt.receipt_id, receipt.withdraw_token)

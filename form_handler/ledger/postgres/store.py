@@ -224,10 +224,13 @@ class PgLedger:
                 if third_party:
                     yield from third_party_rows(txn._stream(
                         # A third-party consent withdrawn on its own counts as not given.
-                        "SELECT r.email, r.consent_third_parties <> 0 AND NOT r.third_parties_stopped, r.withdrawn,"
-                        " r.erased FROM receipts r"
+                        # By address (COLLATE "C": code point order, as SQLite's and Python's), newest first within
+                        # one, so rows.third_party_rows holds one address at a time; the sort spills past work_mem.
+                        "SELECT q.email_key, r.email, r.consent_third_parties <> 0 AND NOT r.third_parties_stopped,"
+                        " r.withdrawn, r.erased FROM receipts r JOIN personal q ON q.receipt_id = r.receipt_id"
                         " WHERE r.email IS NOT NULL AND r.email <> '' AND EXISTS (SELECT 1 FROM entries k"
-                        " WHERE k.receipt_id = r.receipt_id AND k.kind = 'confirmation') ORDER BY r.seq DESC", ()))
+                        " WHERE k.receipt_id = r.receipt_id AND k.kind = 'confirmation')"
+                        ' ORDER BY q.email_key COLLATE "C", r.seq DESC', ()))
                 else:
                     yield from export_rows(
                         (int(r[0]), *r[1:]) for r in txn._stream(

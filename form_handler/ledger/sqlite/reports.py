@@ -122,9 +122,12 @@ def third_party_emails(conn: apsw.Connection) -> Iterator[dict[str, Any]]:
     rows = conn.execute(
         # The confirmation lookup uses the entries (receipt_id, kind) index, once per receipt with an address.
         # A third-party consent withdrawn on its own (schema 7) counts as not given.
-        "SELECT r.email, r.consent_third_parties AND NOT r.third_parties_stopped, r.withdrawn, r.erased FROM receipts r"
+        # Ordered by address, newest first within one, so rows.third_party_rows decides one address at a time;
+        # SQLite's sorter spills to temporary files, so memory stays bounded (BINARY = code point order).
+        "SELECT q.email_key, r.email, r.consent_third_parties AND NOT r.third_parties_stopped, r.withdrawn, r.erased"
+        " FROM receipts r JOIN personal q ON q.receipt_id = r.receipt_id"
         " WHERE r.email IS NOT NULL AND r.email <> '' AND EXISTS (SELECT 1 FROM entries k"
-        " WHERE k.receipt_id = r.receipt_id AND k.kind = 'confirmation') ORDER BY r.seq DESC"
+        " WHERE k.receipt_id = r.receipt_id AND k.kind = 'confirmation') ORDER BY q.email_key, r.seq DESC"
     )
     yield from third_party_rows(rows)
 
