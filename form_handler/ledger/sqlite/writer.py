@@ -10,30 +10,17 @@ import asyncio
 import fcntl
 import logging
 import os
-import queue
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import apsw
 
+from form_handler.ledger.batching import BatchingWriter, Job, Outcome
 from form_handler.ledger.sqlite.store import UNAVAILABLE_ERRORS, Ledger, LedgerError, LedgerTxn, LedgerUnavailable
 
 log = logging.getLogger("form_handler")
 
-T = TypeVar("T")
-
-
-@dataclass
-class _Job:
-    op: Callable[[LedgerTxn], Any]
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-
-
-_STOP = object()
 
 
 class _PeerLock:
@@ -123,17 +110,7 @@ class _Checkpointer:
                     self._ledger = None
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    # Runs on the caller's event loop; a caller that gave up (cancelled) is simply skipped.
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
-class GroupCommitWriter:
+class GroupCommitWriter(BatchingWriter[LedgerTxn]):
     """One thread, one Ledger connection, a queue; each batch is one BEGIN IMMEDIATE ... COMMIT."""
 
     # WAL pages after which the checkpointer is woken (SQLite's own autocheckpoint default), and after
@@ -142,17 +119,9 @@ class GroupCommitWriter:
     BACKSTOP_PAGES = 20_000
 
     def __init__(self, ledger_path: str | Path, *, max_batch: int = 512) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}.")
+        super().__init__(max_batch=max_batch, thread_name="ledger-writer")
         self.ledger_path = Path(ledger_path)
-        self.max_batch = max_batch
-        self.commits = 0  # batches committed, for tests and the bench
-        self.largest_batch = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
         self._ledger: Ledger | None = None
-        self._thread: threading.Thread | None = None
         self._peers = _PeerLock(self.ledger_path.with_name(self.ledger_path.name + ".writer-lock"))
         self._checkpointer = _Checkpointer(self.ledger_path)
         self._hooked: apsw.Connection | None = None
@@ -169,32 +138,12 @@ class GroupCommitWriter:
         """Open the writer's own connection and start the thread (a too-old SQLite raises here)."""
         self._ledger = Ledger(self.ledger_path)
         self._checkpointer.start()
-        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self._thread.start()
-
-    async def submit(self, op: Callable[[LedgerTxn], T]) -> T:
-        """Run op(txn) in the writer thread under its own SAVEPOINT; return once its batch is committed.
-
-        A LedgerRefusal (or any other error) from op undoes only op and is raised here; an I/O
-        failure of the batch raises LedgerUnavailable to every op in it.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
-            if self._closed or self._thread is None:
-                raise LedgerUnavailable("the ledger writer is not running (shutting down or not started).")
-            self._queue.put(_Job(op, future, loop))
-        return await future
+        self._start_thread()
 
     def close(self) -> None:
         """Stop taking work, commit everything already queued, then stop the thread."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._queue.put(_STOP)
-        if self._thread is not None:
-            self._thread.join()
+        if not self._stop_thread():
+            return
         # The checkpointer's connection closes first, so the writer's is the last and checkpoints the WAL.
         self._checkpointer.close()
         if self._ledger is not None:
@@ -204,27 +153,8 @@ class GroupCommitWriter:
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch, stop = [item], False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit(batch)
-            if stop:
-                return
-
-    def _run_batch(self, batch: list[_Job]) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
+    def _batch_in_transaction(self, batch: list[Job[LedgerTxn]]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         try:
             with self.ledger.transaction() as txn:
                 if txn.connection is not self._hooked:  # a new connection (first use, or after an I/O error)
@@ -244,8 +174,7 @@ class GroupCommitWriter:
         except Exception as e:  # e.g. an op's error that broke the transaction itself
             outcomes = [(False, LedgerUnavailable(f"the ledger batch failed: {e}")) for _ in batch]
         else:
-            self.commits += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
+            self._committed(batch)
             if self._wal_pages >= self.BACKSTOP_PAGES:
                 self._checkpoint_inline()
         return outcomes
@@ -264,15 +193,11 @@ class GroupCommitWriter:
             log.warning("ledger checkpoint failed, will retry: %s", e)
         self._wal_pages = 0
 
-    def _commit(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[Job[LedgerTxn]]) -> list[Outcome]:
+        # The peer lock is held for the transaction only; callers are answered after it is released.
         locked = self._peers.acquire()
         try:
-            outcomes = self._run_batch(batch)
+            return self._batch_in_transaction(batch)
         finally:
             if locked:
                 self._peers.release()
-        for job, (ok, value) in zip(batch, outcomes):
-            try:
-                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
-            except RuntimeError:  # the caller's loop has closed; nobody is waiting
-                pass
