@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import posixpath
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from form_handler.ledger.chain import FLAG_COLUMNS, TEXT_COLUMNS
+from form_handler.ledger.chain import FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS
 from form_handler.ledger.types import LedgerRefusal
 
 __all__ = ["_check_fields", "_check_text", "_check_withdrawal", "_receipt_secrets", "new_receipt_secrets"]
@@ -40,6 +40,19 @@ def _check_withdrawal(kind: str, fields: dict[str, Any]) -> None:
         for name in FLAG_COLUMNS:
             if fields.get(name) is True:
                 raise LedgerRefusal(f"{name} must be false on a withdrawal (it names the consent withdrawn).", name)
+
+
+def check_append(kind: str, fields: dict[str, Any]) -> None:
+    """What every backend's LedgerTxn.append checks before it reads or writes anything: the kind, no reserved
+    or personal field, the fields' types, and a withdrawal's consents (named only to be withdrawn)."""
+    if kind not in KINDS or kind == "consent":
+        raise ValueError(f"kind must be one of {', '.join(KINDS[1:])}, got {kind!r} (use append_consent).")
+    if RESERVED & fields.keys():
+        raise ValueError(f"fields may not set {sorted(RESERVED & fields.keys())}.")
+    if "page" in fields:
+        raise ValueError("page is personal data and is never chained; only a consent keeps one (append_consent).")
+    _check_fields(fields)
+    _check_withdrawal(kind, fields)
 
 
 def new_receipt_secrets(now: float | None = None) -> tuple[str, str, bytes]:

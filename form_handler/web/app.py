@@ -42,7 +42,7 @@ from form_handler.settings import Settings
 from form_handler.web import errors, mail_routes, pages, selfservice_routes
 from form_handler.web.site_shell import ShellMiddleware, SiteShell
 from form_handler.web.bodies import Refused, read_fields, wants_json
-from form_handler.web.errors import NO_STORE, refusal
+from form_handler.web.errors import NO_STORE
 from form_handler.web.hosts import HostCheckMiddleware, allowed_hosts
 from form_handler.web.limits import ADMIN_FAILURES_PER_MINUTE, BodyLimitMiddleware, RateLimiter
 from form_handler.web.openapi import openapi_document

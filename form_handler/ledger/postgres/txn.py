@@ -15,10 +15,10 @@ import psycopg
 
 from form_handler.consent.addresses import email_key
 from form_handler.ledger.chain import (
-    ENTRY_VERSION, FLAG_COLUMNS, GENESIS, KINDS, RESERVED, TEXT_COLUMNS, canonical, commitment, entry_hash, utc_now,
+    ENTRY_VERSION, FLAG_COLUMNS, GENESIS, RESERVED, TEXT_COLUMNS, canonical, commitment, entry_hash, utc_now,
 )
 from form_handler.ledger.contract import AddressRow, ClaimedMail, ConsentAddress, EntryRow
-from form_handler.ledger.drafts import _check_fields, _check_text, _check_withdrawal, new_receipt_secrets
+from form_handler.ledger.drafts import _check_fields, _check_text, check_append, new_receipt_secrets
 from form_handler.ledger.postgres.schema import APPEND_LOCK
 from form_handler.ledger.types import (
     ConsentDraft, Entry, InvalidToken, LedgerRefusal, Receipt, ReceiptStatus, UnknownReceipt,
@@ -90,14 +90,7 @@ class PgTxn:
 
     def append(self, kind: str, receipt_id: str, **fields: Any) -> Entry:
         """Append a chained entry of `kind` for an existing receipt, e.g. "confirmation" or "notice"."""
-        if kind not in KINDS or kind == "consent":
-            raise ValueError(f"kind must be one of {', '.join(KINDS[1:])}, got {kind!r} (use append_consent).")
-        if RESERVED & fields.keys():
-            raise ValueError(f"fields may not set {sorted(RESERVED & fields.keys())}.")
-        if "page" in fields:
-            raise ValueError("page is personal data and is never chained; only a consent keeps one (append_consent).")
-        _check_fields(fields)
-        _check_withdrawal(kind, fields)
+        check_append(kind, fields)
         if self._one("SELECT 1 FROM entries WHERE receipt_id = %s AND kind = 'consent'", (receipt_id,)) is None:
             raise UnknownReceipt(f"receipt_id {receipt_id!r} is not in the ledger.", "receipt_id")
         return self._append(kind, receipt_id, fields)

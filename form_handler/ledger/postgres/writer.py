@@ -9,7 +9,7 @@ was committed, or, if COMMIT's answer was lost, the callers were told 503 and ma
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from form_handler.ledger.batching import BatchingWriter, Job, Outcome
 from form_handler.ledger.types import LedgerUnavailable

@@ -6,13 +6,10 @@ message and page live in the erasable `personal` table; the entry holds only a s
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
-import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +22,7 @@ from form_handler.ledger.contract import RawEntry, RawPersonal
 from form_handler.consent.addresses import email_key
 from form_handler.private_files import ensure_private
 from form_handler.ledger.chain import (
-    ENTRY_VERSION, FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS, Checkpoint, VerifyReport, canonical, commitment,
+    ENTRY_VERSION, FLAG_COLUMNS, RESERVED, Checkpoint, VerifyReport, canonical, commitment,
     entry_hash, utc_now,
 )
 from form_handler.ledger.types import (
@@ -33,7 +30,7 @@ from form_handler.ledger.types import (
     LedgerUnavailable, Receipt, ReceiptStatus, UnknownReceipt,
 )
 from form_handler.ledger.sqlite.readers import ReadPool
-from form_handler.ledger.drafts import _check_fields, _check_text, _check_withdrawal, _receipt_secrets, new_receipt_secrets
+from form_handler.ledger.drafts import _check_fields, _check_text, check_append, _receipt_secrets, new_receipt_secrets
 from form_handler.ledger.sqlite.mailbox import MailTables
 from form_handler.ledger.sqlite.people import PeopleReads
 from form_handler.ledger.sqlite.schema import (
@@ -81,14 +78,7 @@ class LedgerTxn(PeopleReads, MailTables):
 
     def append(self, kind: str, receipt_id: str, **fields: Any) -> Entry:
         """Append a chained entry of `kind` for an existing receipt, e.g. "confirmation" or "notice"."""
-        if kind not in KINDS or kind == "consent":
-            raise ValueError(f"kind must be one of {', '.join(KINDS[1:])}, got {kind!r} (use append_consent).")
-        if RESERVED & fields.keys():
-            raise ValueError(f"fields may not set {sorted(RESERVED & fields.keys())}.")
-        if "page" in fields:
-            raise ValueError("page is personal data and is never chained; only a consent keeps one (append_consent).")
-        _check_fields(fields)
-        _check_withdrawal(kind, fields)
+        check_append(kind, fields)
         if self._one("SELECT 1 FROM entries WHERE receipt_id = ? AND kind = 'consent'", (receipt_id,)) is None:
             raise UnknownReceipt(f"receipt_id {receipt_id!r} is not in the ledger.", "receipt_id")
         return self._append(kind, receipt_id, fields)

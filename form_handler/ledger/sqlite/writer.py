@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 import apsw
 
