@@ -23,6 +23,9 @@ class Settings:
     ledger_path: Path = Path("var/ledger.sqlite3")
     # A postgresql:// URL (libpq form) when the ledger is on PostgreSQL; None: the file above.
     ledger_url: str | None = None
+    # SQLite: the group-commit writer runs in a process of its own (ledger/sqlite/writer_process.py), so the
+    # event loop does not share its GIL with SQLite; False keeps it a thread of the service's process.
+    ledger_writer_process: bool = True
     # A path or an http(s) URL of the published policy-versions.json.
     manifest: str = "site/policy-versions.json"
     allowed_origins: tuple[str, ...] = ()
@@ -118,6 +121,7 @@ class Settings:
         return cls(
             ledger_path=d.ledger_path if url else Path(ledger),
             ledger_url=url,
+            ledger_writer_process=boolean("LEDGER_WRITER_PROCESS", d.ledger_writer_process),
             manifest=get("MANIFEST") or d.manifest,
             allowed_origins=tuple(
                 o.strip().rstrip("/") for o in (origins or "").split(",") if o.strip()

@@ -86,12 +86,13 @@ class BatchingWriter(Generic[TxnT]):
             self._thread.join()
         return True
 
-    def _run_batch(self, batch: list[Job[TxnT]]) -> list[Outcome]:
+    def _run_batch(self, ops: list[Callable[[TxnT], Any]]) -> list[Outcome]:
+        """Run ops in one transaction, each under its own SAVEPOINT; one outcome per op, in order."""
         raise NotImplementedError
 
-    def _committed(self, batch: list[Job[TxnT]]) -> None:
+    def _committed(self, ops: list[Callable[[TxnT], Any]]) -> None:
         self.commits += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
+        self.largest_batch = max(self.largest_batch, len(ops))
 
     def _run(self) -> None:
         while True:
@@ -113,7 +114,7 @@ class BatchingWriter(Generic[TxnT]):
                 return
 
     def _commit(self, batch: list[Job[TxnT]]) -> None:
-        outcomes = self._run_batch(batch)
+        outcomes = self._run_batch([job.op for job in batch])
         for job, (ok, value) in zip(batch, outcomes):
             try:
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from form_handler.ledger.chain import Checkpoint, VerifyReport
@@ -83,7 +84,7 @@ class LedgerStore(Protocol):
 
     def read(self, fn: Callable[[LedgerView], T]) -> T: ...
     def transaction(self) -> AbstractContextManager[LedgerTxn]: ...
-    def start(self) -> None: ...
+    def start(self, writer: Any = None, *, process: bool = False) -> None: ...
     async def submit(self, op: Callable[[LedgerTxn], T]) -> T: ...
     def close(self) -> None: ...
 
@@ -101,3 +102,15 @@ class LedgerStore(Protocol):
     def raw_entries(self) -> Iterator[RawEntry]: ...
     def raw_personal(self) -> Iterator[RawPersonal]: ...
     def load_raw(self, entries: Iterator[RawEntry], personal: Iterator[RawPersonal]) -> int: ...
+
+
+@dataclass(frozen=True)
+class AppendConsent:
+    """A submission's write as data: `txn.append_consent(draft)`. A writer that sees several in a row may
+    record them with one `append_consents` call (one statement per table) instead of one call each, and the
+    operation pickles small, for a writer in another process (ledger/sqlite/writer_process.py)."""
+
+    draft: ConsentDraft
+
+    def __call__(self, txn: LedgerTxn) -> Receipt:
+        return txn.append_consent(self.draft)

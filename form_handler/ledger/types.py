@@ -21,6 +21,10 @@ class LedgerRefusal(LedgerError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Refusals cross from the writer process to the service (writer_process.py) as pickles.
+        return (type(self), (str(self), self.field))
+
 
 class UnknownReceipt(LedgerRefusal):
     pass

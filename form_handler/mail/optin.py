@@ -13,15 +13,17 @@ a different answer would tell anyone whether an address was already named today.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
 
 from form_handler.consent import links, tokens
 from form_handler.consent.keys import LinkKeys
-from form_handler.ledger.contract import LedgerTxn
+from form_handler.ledger.contract import AppendConsent, LedgerTxn
 from form_handler.ledger.types import ConsentDraft, Receipt
 from form_handler.mail import outbox, quota
 from form_handler.mail.message import MailError, confirmation_message
@@ -64,16 +66,20 @@ def consent_with_confirmation(txn: LedgerTxn, draft: ConsentDraft, *, settings: 
 async def record_consent(request: Request, draft: ConsentDraft) -> Receipt:
     """The feedback route's write: consent (+ queued confirmation), then wake the background sender."""
     svc: Any = request.state.service
-    try:
-        policies = await svc.manifest.policies()
-        title = policies[draft.policy_id].title
-    except Exception:  # the title only decorates the mail; the check before this already passed
-        title = draft.policy_id
-    settings: Settings = svc.settings
-    keys: LinkKeys = svc.keys
-    receipt: Receipt = await svc.ledger.submit(
-        lambda txn: consent_with_confirmation(txn, draft, settings=settings, keys=keys, title=title)
-    )
+    # Operations as data (picklable), so they can reach a writer process. Without a confirmation to queue,
+    # consent_with_confirmation is append_consent alone: AppendConsent says so, pickles small and lets the
+    # writer record a run of such submissions together.
+    op: Callable[[LedgerTxn], Receipt] = AppendConsent(draft)
+    if needs_confirmation(draft):
+        try:
+            policies = await svc.manifest.policies()
+            title = policies[draft.policy_id].title
+        except Exception:  # the title only decorates the mail; the check before this already passed
+            title = draft.policy_id
+        settings: Settings = svc.settings
+        keys: LinkKeys = svc.keys
+        op = functools.partial(consent_with_confirmation, draft=draft, settings=settings, keys=keys, title=title)
+    receipt: Receipt = await svc.ledger.submit(op)
     mailer = getattr(request.state, "mailer", None)
     if mailer is not None and needs_confirmation(draft):
         mailer.wake()  # also when the quota held the mail back: the answer must not depend on it

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import operator
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -140,7 +141,8 @@ async def withdraw(request: Request) -> Response:
     token = _token_field("withdraw_token", fields.get("withdraw_token"), errors_found)
     if errors_found:
         raise Refused(422, errors_found)
-    entry = await svc.ledger.submit(lambda txn: txn.withdraw(receipt_id, token))  # UnknownReceipt 404, InvalidToken 403
+    # UnknownReceipt 404, InvalidToken 403. Operations are data (picklable), for the writer process.
+    entry = await svc.ledger.submit(operator.methodcaller("withdraw", receipt_id, token))
     if wants_json(request):
         return JSONResponse({"receipt_id": receipt_id, "withdrawn": True, "withdrawn_at": entry.recorded_at},
                             headers=NO_STORE)
@@ -258,7 +260,7 @@ def create_app(settings: Settings, *, site_dir: Path | None = None, writer: Any 
         # Opens even while the database is down (every operation then answers 503 until it is back).
         ledger = await run_in_threadpool(open_ledger, settings.ledger)
         try:
-            await run_in_threadpool(ledger.start, *(() if writer is None else (writer,)))
+            await run_in_threadpool(lambda: ledger.start(writer, process=settings.ledger_writer_process))
             # Refused here, at start-up, when the key file is readable by others: better no service than forgeable links.
             try:
                 keys = await run_in_threadpool(link_keys.load, settings)

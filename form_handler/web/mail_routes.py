@@ -15,6 +15,7 @@ for no longer than its appends, and two clicks at once still record once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class LinkUsed(LedgerRefusal):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, "token")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self),))
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,7 @@ async def act(request: Request) -> Response:
         decided = await run_in_threadpool(ledger.read, lambda view: decide(link.purpose, claim, view))
         added = 0
         if decided.appends:  # nothing to write (unsubscribing twice): no write transaction at all
-            added = await ledger.submit(lambda txn: record(link.purpose, claim, txn, decided))
+            added = await ledger.submit(functools.partial(record, link.purpose, claim, decided=decided))
     except TokenRefused as e:
         return await _page(request, link, e.status, claim=None, title="This link cannot be used", lead=e.reason,
                            note="Nothing was recorded.")

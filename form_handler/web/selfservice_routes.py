@@ -15,6 +15,7 @@ minute passes. Access requests: ACCESS_REQUESTS_PER_DAY per client, ACCESS_MAILS
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from form_handler.consent import selfservice, tokens
 from form_handler.consent.addresses import email_key
+from form_handler.consent.keys import LinkKeys
 from form_handler.consent.manifest import ManifestUnavailable, PolicyEntry
 from form_handler.consent.selfservice import ReceiptView
 from form_handler.consent.submissions import _email as parse_email
@@ -38,6 +40,7 @@ from form_handler.ledger.contract import LedgerTxn, LedgerView
 from form_handler.ledger.types import InvalidToken, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
 from form_handler.mail import outbox, quota
 from form_handler.mail.message import MailError, access_message
+from form_handler.settings import Settings
 from form_handler.web import pages
 from form_handler.web import selfservice_pages as ui
 from form_handler.web.bodies import Refused, read_fields
@@ -196,7 +199,7 @@ async def _act(request: Request, view: ReceiptView | None, fields: dict[str, Any
         if action not in view.available():
             return ui.done_page(view, action, [], site_url, action_url=action_url, auth=auth)
         return ui.confirm_page(view, action, site_url, action_url=action_url, auth=auth)
-    entries = await svc.ledger.submit(lambda txn: selfservice.record(txn, view, action, via=via))
+    entries = await svc.ledger.submit(functools.partial(selfservice.record, view=view, action=action, via=via))
     log.info("self-service %s recorded (%d entries)", action, len(entries))
     return ui.done_page(view, action, entries, site_url, action_url=action_url, auth=auth)
 
@@ -216,21 +219,22 @@ async def receipt_download(request: Request) -> Response:
 
 # --- "what do you hold about me?": a signed link to the address ---------------------------------------------
 
-def _queue_access_mail(txn: LedgerTxn, address: str, *, svc: Any, now: float) -> tuple[bool, float]:
+def _queue_access_mail(txn: LedgerTxn, address: str, *, settings: Settings, keys: LinkKeys,
+                       now: float) -> tuple[bool, float]:
     """Take the address's place in the day's quota and queue the link when the address is held.
 
     Returns (allowed, seconds until the quota frees a place). The quota is taken for every address, held or
     not, so a refusal says nothing about who is in the ledger."""
-    key = svc.keys.derive(ACCESS_QUOTA_LABEL)
+    key = keys.derive(ACCESS_QUOTA_LABEL)
     if not quota.take(txn, key, address, limit=ui.ACCESS_MAILS_PER_DAY):
         oldest = txn.oldest_quota_row(quota.recipient_hmac(key, address))
         return False, _seconds_until_free(oldest, now)
     receipt_id = selfservice.latest_receipt(txn, email_key(address))
     if receipt_id is None:
         return True, 0.0
-    token = tokens.sign(svc.keys.signing, "access", receipt_id, "", "", now=now)
+    token = tokens.sign(keys.signing, "access", receipt_id, "", "", now=now)
     try:
-        msg = access_message(svc.settings, to=address, access_url=f"{svc.settings.base_url}{ui.ACCESS_PATH}?token={token}")
+        msg = access_message(settings, to=address, access_url=f"{settings.base_url}{ui.ACCESS_PATH}?token={token}")
     except MailError:
         return True, 0.0  # an address our mail code refuses gets no mail, and the same answer
     outbox.enqueue(txn, receipt_id=receipt_id, kind="access", msg=msg)
@@ -258,7 +262,8 @@ async def access_request(request: Request) -> Response:
         if wait is not None:
             raise _too_many("email", wait)
         now = time.time()
-        allowed, wait = await svc.ledger.submit(lambda txn: _queue_access_mail(txn, address, svc=svc, now=now))
+        allowed, wait = await svc.ledger.submit(functools.partial(
+            _queue_access_mail, address=address, settings=svc.settings, keys=svc.keys, now=now))
         if not allowed:
             raise _too_many("email", wait)
         mailer = getattr(request.state, "mailer", None)

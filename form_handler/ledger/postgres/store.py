@@ -122,8 +122,9 @@ class PgLedger:
             except UNAVAILABLE_ERRORS as e:
                 raise self._unavailable(e) from e
 
-    def start(self, writer: Any = None) -> None:
-        """Start the group-commit writer behind submit()."""
+    def start(self, writer: Any = None, *, process: bool = False) -> None:
+        """Start the group-commit writer behind submit(): a thread of this process. (`process` is for the
+        SQLite backend; here the writing happens in the PostgreSQL server's processes anyway.)"""
         self._writer = writer or PgWriter(self)
         self._writer.start()
 

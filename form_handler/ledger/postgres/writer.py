@@ -9,9 +9,10 @@ was committed, or, if COMMIT's answer was lost, the callers were told 503 and ma
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from form_handler.ledger.batching import BatchingWriter, Job, Outcome
+from form_handler.ledger.batching import BatchingWriter, Outcome
 from form_handler.ledger.types import LedgerUnavailable
 
 if TYPE_CHECKING:
@@ -30,14 +31,14 @@ class PgWriter(BatchingWriter["PgTxn"]):
     def close(self) -> None:
         self._stop_thread()
 
-    def _run_batch(self, batch: list[Job[PgTxn]]) -> list[Outcome]:
+    def _run_batch(self, ops: list[Callable[[PgTxn], Any]]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
             with self.ledger.transaction() as txn:
-                for job in batch:
+                for op in ops:
                     try:
                         with txn.connection.transaction():  # a SAVEPOINT: an error undoes this op only
-                            outcomes.append((True, job.op(txn)))
+                            outcomes.append((True, op(txn)))
                     except LedgerUnavailable:
                         raise
                     except Exception as e:  # a refusal or a bug: this op only
@@ -46,11 +47,11 @@ class PgWriter(BatchingWriter["PgTxn"]):
                         txn.forget_head()  # its appends, if any, were rolled back with its SAVEPOINT
                         outcomes.append((False, e))
         except LedgerUnavailable as e:
-            outcomes = [(False, LedgerUnavailable(str(e))) for _ in batch]
+            outcomes = [(False, LedgerUnavailable(str(e))) for _ in ops]
         except Exception as e:
-            outcomes = [(False, LedgerUnavailable(f"the ledger batch failed: {e}")) for _ in batch]
+            outcomes = [(False, LedgerUnavailable(f"the ledger batch failed: {e}")) for _ in ops]
         else:
-            self._committed(batch)
+            self._committed(ops)
         return outcomes
 
 

@@ -356,12 +356,15 @@ class Ledger:
     def backend(self) -> str:
         return "sqlite"
 
-    def start(self, writer: Any = None) -> None:
-        """Start the group-commit writer behind submit() (writer.py); a `writer` given is used as it is."""
+    def start(self, writer: Any = None, *, process: bool = False) -> None:
+        """Start the group-commit writer behind submit(): a thread of this process (writer.py), or with
+        `process` a process of its own (writer_process.py, the service's default). A `writer` given is used
+        as it is."""
         from form_handler.ledger.sqlite.writer import GroupCommitWriter
+        from form_handler.ledger.sqlite.writer_process import ProcessWriter
 
         if writer is None:
-            writer = GroupCommitWriter(self.path)
+            writer = ProcessWriter(self.path) if process else GroupCommitWriter(self.path)
             writer.start()
             self._own_writer = True
         self._writer = writer

@@ -11,12 +11,16 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import apsw
 
-from form_handler.ledger.batching import BatchingWriter, Job, Outcome
+from form_handler.ledger.batching import BatchingWriter, Outcome
+from form_handler.ledger.contract import AppendConsent
 from form_handler.ledger.sqlite.store import UNAVAILABLE_ERRORS, Ledger, LedgerError, LedgerTxn, LedgerUnavailable
+from form_handler.ledger.types import Receipt
 
 log = logging.getLogger("form_handler")
 
@@ -133,11 +137,20 @@ class GroupCommitWriter(BatchingWriter[LedgerTxn]):
             raise RuntimeError("GroupCommitWriter.start() has not been called.")
         return self._ledger
 
-    def start(self) -> None:
-        """Open the writer's own connection and start the thread (a too-old SQLite raises here)."""
+    def open(self) -> None:
+        """Open the writer's own connection and start the checkpointer (a too-old SQLite raises here)."""
         self._ledger = Ledger(self.ledger_path)
         self._checkpointer.start()
+
+    def start(self) -> None:
+        """open(), then start the thread behind submit()."""
+        self.open()
         self._start_thread()
+
+    def run_batch(self, ops: list[Callable[[LedgerTxn], Any]]) -> list[Outcome]:
+        """Run ops as one batch in the calling thread, for a caller that is its own queue (the writer
+        process, writer_process.py): one transaction, a SAVEPOINT each, one outcome per op."""
+        return self._run_batch(ops)
 
     def close(self) -> None:
         """Stop taking work, commit everything already queued, then stop the thread."""
@@ -152,28 +165,34 @@ class GroupCommitWriter(BatchingWriter[LedgerTxn]):
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
 
-    def _batch_in_transaction(self, batch: list[Job[LedgerTxn]]) -> list[Outcome]:
+    def _batch_in_transaction(self, ops: list[Callable[[LedgerTxn], Any]]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
             with self.ledger.transaction() as txn:
                 if txn.connection is not self._hooked:  # a new connection (first use, or after an I/O error)
                     txn.connection.set_wal_hook(self._wal_hook)  # replaces SQLite's autocheckpoint
                     self._hooked = txn.connection
-                for job in batch:
-                    try:
-                        # apsw: `with connection` inside a transaction is a SAVEPOINT, rolled back on error.
-                        with txn.connection:
-                            outcomes.append((True, job.op(txn)))
-                    except (LedgerUnavailable, *UNAVAILABLE_ERRORS):
-                        raise
-                    except Exception as e:  # a refusal or a bug: this op only
-                        outcomes.append((False, e))
+                for run in _runs(ops):
+                    if len(run) > 1:
+                        receipts = _append_together(txn, run)
+                        if receipts is not None:
+                            outcomes += [(True, r) for r in receipts]
+                            continue
+                    for op in run:
+                        try:
+                            # apsw: `with connection` inside a transaction is a SAVEPOINT, rolled back on error.
+                            with txn.connection:
+                                outcomes.append((True, op(txn)))
+                        except (LedgerUnavailable, *UNAVAILABLE_ERRORS):
+                            raise
+                        except Exception as e:  # a refusal or a bug: this op only
+                            outcomes.append((False, e))
         except LedgerUnavailable as e:
-            outcomes = [(False, LedgerUnavailable(str(e))) for _ in batch]
+            outcomes = [(False, LedgerUnavailable(str(e))) for _ in ops]
         except Exception as e:  # e.g. an op's error that broke the transaction itself
-            outcomes = [(False, LedgerUnavailable(f"the ledger batch failed: {e}")) for _ in batch]
+            outcomes = [(False, LedgerUnavailable(f"the ledger batch failed: {e}")) for _ in ops]
         else:
-            self._committed(batch)
+            self._committed(ops)
             if self._wal_pages >= self.BACKSTOP_PAGES:
                 self._checkpoint_inline()
         return outcomes
@@ -192,11 +211,36 @@ class GroupCommitWriter(BatchingWriter[LedgerTxn]):
             log.warning("ledger checkpoint failed, will retry: %s", e)
         self._wal_pages = 0
 
-    def _run_batch(self, batch: list[Job[LedgerTxn]]) -> list[Outcome]:
+    def _run_batch(self, ops: list[Callable[[LedgerTxn], Any]]) -> list[Outcome]:
         # The peer lock is held for the transaction only; callers are answered after it is released.
         locked = self._peers.acquire()
         try:
-            return self._batch_in_transaction(batch)
+            return self._batch_in_transaction(ops)
         finally:
             if locked:
                 self._peers.release()
+
+
+def _runs(ops: list[Callable[[LedgerTxn], Any]]) -> list[list[Callable[[LedgerTxn], Any]]]:
+    """The batch in order, with each run of consecutive AppendConsent operations as one group."""
+    runs: list[list[Callable[[LedgerTxn], Any]]] = []
+    for op in ops:
+        if runs and isinstance(op, AppendConsent) and isinstance(runs[-1][0], AppendConsent):
+            runs[-1].append(op)
+        else:
+            runs.append([op])
+    return runs
+
+
+def _append_together(txn: LedgerTxn, run: list[Any]) -> list[Receipt] | None:
+    """A run of submissions with one append_consents call under one SAVEPOINT (~40% less CPU per consent than
+    one call each, bench/ledger_speed.py); None when it refused one of them, having written nothing, so the
+    caller records them one by one and only that one is refused."""
+    try:
+        with txn.connection:
+            receipts = txn.append_consents([op.draft for op in run])
+    except (LedgerUnavailable, *UNAVAILABLE_ERRORS):
+        raise
+    except Exception:
+        return None
+    return receipts
