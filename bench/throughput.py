@@ -4,7 +4,9 @@ Starts real uvicorn processes on 127.0.0.1 (the product `form_handler.web.app:ap
 which parses the same form and stores nothing), drives each with wrk (bench/post_form.lua: form posts,
 a unique message each) at each connection count and worker count, interleaved, several runs, and prints
 the medians. Every durable success was acknowledged only after its COMMIT; the bench checks afterwards
-that the ledger holds at least as many entries as wrk counted successes and that it verifies.
+that the ledger holds at least as many entries as wrk counted successes and that it verifies. On SQLite the
+product runs twice: as deployed (its writer in a process of its own) and with POLICY_SITE_LEDGER_WRITER_PROCESS=false
+(the writer a thread of the service process, as before), so the two are compared in one run.
 
 With --ledger postgresql the durable app writes to PostgreSQL instead: a temporary server from Debian's
 postgresql 15 binaries (tests/pgserver.py, as the tests start it), a fresh database per configuration; there
@@ -12,7 +14,7 @@ each uvicorn worker is one instance of the service (its own pool and group-commi
 
 Usage:
     .venv/bin/python -m bench.throughput [--duration 10] [--runs 3] [--connections 50,200] [--workers 1,2]
-        [--ledger sqlite|postgresql]
+        [--ledger sqlite|postgresql] [--no-thread]
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("post_form.lua")
 VERSION = "5" * 64
-APPS = {"bare": "bench.bare_app:app", "durable": "form_handler.web.app:app"}
+APPS = {"bare": "bench.bare_app:app", "durable": "form_handler.web.app:app", "thread": "form_handler.web.app:app"}
+# "thread" is the product with its SQLite writer as a thread of the service process (the writer before it had a
+# process of its own), measured in the same run for comparison.
+APP_ENV = {"thread": {"POLICY_SITE_LEDGER_WRITER_PROCESS": "false"}}
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,8 @@ def write_manifest(path: Path) -> None:
 def start(app: str, workers: int, workdir: Path, ledger: Path | str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POLICY_SITE_LEDGER": str(ledger),
-           "POLICY_SITE_MANIFEST": str(workdir / "policy-versions.json"), "POLICY_SITE_RATE_LIMIT": "0"}
+           "POLICY_SITE_MANIFEST": str(workdir / "policy-versions.json"), "POLICY_SITE_RATE_LIMIT": "0",
+           **APP_ENV.get(app, {})}
     cmd = [sys.executable, "-m", "uvicorn", APPS[app], "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, start_new_session=True)
@@ -144,18 +150,24 @@ def check_ledger(ledger: Path | str, acknowledged: int) -> str:
 
 
 def table(samples: list[Sample], connections: list[int], workers: list[int]) -> str:
+    apps = {s.app for s in samples}
+    thread = "thread" in apps
     lines = ["| workers | connections | bare req/s | durable req/s | durable / bare | durable p50 | durable p99 | bare p99 "
-             "| CPU/request bare, durable |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CPU/request bare, durable |" + (" writer thread: req/s, / bare, p99, CPU/request |" if thread else ""),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if thread else "")]
     for w in workers:
         for c in connections:
             def med(app: str, attr: str) -> float:
                 return float(statistics.median(getattr(s, attr) for s in samples
                                                if s.app == app and s.workers == w and s.connections == c))
             bare, durable = med("bare", "per_second"), med("durable", "per_second")
-            lines.append(f"| {w} | {c} | {bare:.0f} | {durable:.0f} | {durable / bare:.0%} | "
-                         f"{med('durable', 'p50_ms'):.1f} ms | {med('durable', 'p99_ms'):.1f} ms | "
-                         f"{med('bare', 'p99_ms'):.1f} ms | {med('bare', 'cpu_us'):.0f} µs, {med('durable', 'cpu_us'):.0f} µs |")
+            line = (f"| {w} | {c} | {bare:.0f} | {durable:.0f} | {durable / bare:.0%} | "
+                    f"{med('durable', 'p50_ms'):.1f} ms | {med('durable', 'p99_ms'):.1f} ms | "
+                    f"{med('bare', 'p99_ms'):.1f} ms | {med('bare', 'cpu_us'):.0f} µs, {med('durable', 'cpu_us'):.0f} µs |")
+            if thread:
+                t = med("thread", "per_second")
+                line += f" {t:.0f}, {t / bare:.0%}, {med('thread', 'p99_ms'):.1f} ms, {med('thread', 'cpu_us'):.0f} µs |"
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -168,6 +180,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every sample here")
     parser.add_argument("--ledger", choices=("sqlite", "postgresql"), default="sqlite",
                         help="where the durable app keeps its ledger")
+    parser.add_argument("--no-thread", action="store_true",
+                        help="SQLite: skip the product with its writer as a thread (measured beside it by default)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed; on Debian: apt-get install wrk.")
@@ -186,9 +200,10 @@ def main() -> None:
         write_manifest(workdir / "policy-versions.json")
         for run in range(args.runs):
             for w in workers:
-                for app in ("bare", "durable"):  # interleaved, so drift in the machine hits both alike
-                    ledger: Path | str = workdir / f"ledger-{run}-{w}.sqlite3"
-                    if postgres is not None and app == "durable":
+                apps = ("bare", "durable") if postgres is not None or args.no_thread else ("bare", "durable", "thread")
+                for app in apps:  # interleaved, so drift in the machine hits them alike
+                    ledger: Path | str = workdir / f"ledger-{app}-{run}-{w}.sqlite3"
+                    if postgres is not None and app != "bare":
                         ledger = postgres.create_database()
                     proc, port = start(app, w, workdir, ledger)
                     try:
@@ -200,7 +215,7 @@ def main() -> None:
                                   flush=True)
                     finally:
                         stop(proc)
-                    if app == "durable":
+                    if app != "bare":
                         acked = sum(s.ok for s in samples if s.app == app and s.workers == w and s.run == run)
                         print(f"  ledger: {check_ledger(ledger, acked)}", flush=True)
     if postgres is not None:
