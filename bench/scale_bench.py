@@ -15,8 +15,9 @@
    /api/feedback and /api/withdraw, GET /api/ledger/head and /api/stats, GET and POST of each e-mail link
    (confirm, reconsent, withdraw-consent, unsubscribe; every POST acts for a fresh person with two receipts), and
    a feedback POST sent while an unsubscribe POST runs. Per route: median wall time, and the server's CPU time
-   per request (every thread's from /proc/<pid>/task/*/schedstat, in ns: steadier than wall time on a shared
-   machine); at the end uvicorn's peak RSS (VmHWM).
+   per request (every thread's of uvicorn and of its ledger writer process, from /proc/<pid>/task/*/schedstat, in
+   ns: steadier than wall time on a shared machine); at the end uvicorn's peak RSS (VmHWM; the writer process's own
+   is not in it).
 3. Runs every ledger command as a real process, `--cli-runs` times: `notify --dry-run`, `ledger verify`, `ledger
    stats`, `ledger export` (JSON Lines, to /dev/null), `ledger export --third-party` and `ledger head`: median
    wall and CPU time and peak RSS of the command or any process it starts (the children's ru_maxrss, read by a small
@@ -208,14 +209,30 @@ class Server:
                 time.sleep(0.1)
 
     def cpu_ns(self) -> int:
-        """CPU time of every thread of the server so far (schedstat: ns, not the 10 ms ticks of /proc/stat)."""
+        """CPU time of every thread of the server and of its children (the ledger writer process) so far
+        (schedstat: ns, not the 10 ms ticks of /proc/stat)."""
         total = 0
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+        for pid in (self.proc.pid, *self._children()):
             try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (OSError, IndexError, ValueError):
-                pass  # a thread that ended meanwhile
+                tasks = list(Path(f"/proc/{pid}/task").iterdir())
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    total += int((task / "schedstat").read_text().split()[0])
+                except (OSError, IndexError, ValueError):
+                    pass  # a thread that ended meanwhile
         return total
+
+    def _children(self) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    found.append(int(stat.parent.name))
+            except (OSError, IndexError, ValueError):
+                pass
+        return found
 
     def memory_mb(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) in MB."""
