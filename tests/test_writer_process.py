@@ -274,3 +274,81 @@ def test_uvicorn_keeps_every_acknowledged_submission_when_its_writer_process_is_
     assert outcome.unexpected == []
     assert outcome.statuses[503] >= 1, outcome.statuses  # the kill was felt: what it held was not acknowledged
     assert len(outcome.acked) >= 100
+
+
+class Unrebuildable(Exception):
+    """Pickles, but cannot be rebuilt on the other side (its __init__ wants two arguments)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(a)
+
+
+def raise_stop_iteration(txn: LedgerTxn) -> None:
+    raise StopIteration("a future cannot raise this")
+
+
+def raise_unrebuildable(txn: LedgerTxn) -> None:
+    raise Unrebuildable("x", "y")
+
+
+def test_an_answer_that_cannot_travel_fails_only_its_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    # The child must import this module to run the two failing operations.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+
+    async def body(w: ProcessWriter) -> tuple[list[Any], Receipt]:
+        held = HeldWriterLock(path)  # all four in one batch, one answer frame
+        tasks = [asyncio.ensure_future(w.submit(op)) for op in (
+            AppendConsent(draft(message="a")), raise_stop_iteration, raise_unrebuildable, AppendConsent(draft(message="b")))]
+        await asyncio.sleep(0.3)
+        held.release()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        return results, await w.submit(AppendConsent(draft(message="later")))
+
+    results, later = with_writer(path, body)
+    assert isinstance(results[0], Receipt) and isinstance(results[3], Receipt)
+    assert isinstance(results[1], RuntimeError) and "StopIteration" in str(results[1])
+    assert isinstance(results[2], LedgerError) and "could not be read" in str(results[2])
+    assert later.seq == 3  # the same child, still answering
+    assert entries(path) == 3
+
+
+def test_close_on_the_loop_thread_does_not_block_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+
+    async def main() -> tuple[float, int | None]:
+        w = ProcessWriter(path)
+        w.start()
+        await w.submit(AppendConsent(draft()))
+        pid = w.pid
+        began = time.monotonic()
+        w.close()  # wrong place (aclose is for the loop), but it must not hang the loop
+        return time.monotonic() - began, pid
+
+    took, pid = asyncio.run(main())
+    assert took < 2
+    wait_for(lambda: pid is None or not Path(f"/proc/{pid}").exists() or _zombie(pid))
+    assert entries(path) == 1
+
+
+def test_draining_waits_for_a_cancelled_callers_answer_without_spinning(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+
+    async def body(w: ProcessWriter) -> tuple[float, bool]:
+        held = HeldWriterLock(path)
+        gave_up = asyncio.ensure_future(w.submit(AppendConsent(draft(message="gave up"))))
+        await asyncio.sleep(0.2)
+        gave_up.cancel()  # its operation is in the child, waiting for the lock
+        closing = asyncio.ensure_future(w.aclose())
+        cpu = time.process_time()
+        await asyncio.sleep(1.0)
+        spent = time.process_time() - cpu
+        still_waiting = not closing.done()
+        held.release()
+        await asyncio.wait_for(closing, 30)
+        return spent, still_waiting
+
+    spent, still_waiting = with_writer(path, body)
+    assert still_waiting  # close waited for the answer the child owed
+    assert spent < 0.3, f"{spent:.2f} s of CPU while waiting one second"
+    assert entries(path) == 1  # the cancelled caller's operation was committed, as with the writer thread

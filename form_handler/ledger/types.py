@@ -14,6 +14,10 @@ class LedgerUnavailable(LedgerError):
     """The ledger cannot be written now (disk full, read-only, busy); retrying later may work."""
 
 
+class LedgerOutcomeUnknown(LedgerUnavailable):
+    """The writer was lost between taking an operation and answering: it may have been committed or not."""
+
+
 class LedgerRefusal(LedgerError):
     """A request the ledger refuses; `field` names the offending input."""
 

@@ -3,7 +3,7 @@
 Routes raise typed errors and never catch a ledger error to pick a status: a refusal of the request
 (`Refused`, from reading and checking it), what the ledger refuses (`UnknownReceipt` 404, `InvalidToken`
 403, any other `LedgerRefusal` 422, each naming its field), and a ledger or manifest that cannot be used
-now (503 with Retry-After; nothing was stored). A JSON caller gets {"errors": {field: sentence}}; a
+now (503 with Retry-After; nothing was stored, except after LedgerOutcomeUnknown, which says it may have been). A JSON caller gets {"errors": {field: sentence}}; a
 browser that posted a form gets the same as a page. The pages behind e-mail links answer with their own
 page (mail_routes.unavailable).
 """
@@ -19,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 
 from form_handler.consent import links
 from form_handler.consent.manifest import ManifestUnavailable
-from form_handler.ledger.types import InvalidToken, LedgerError, LedgerRefusal, LedgerUnavailable, UnknownReceipt
+from form_handler.ledger.types import (
+    InvalidToken, LedgerError, LedgerOutcomeUnknown, LedgerRefusal, LedgerUnavailable, UnknownReceipt,
+)
 from form_handler.web import pages
 from form_handler.web.bodies import Refused, wants_json
 
@@ -66,7 +68,10 @@ async def unavailable(request: Request, exc: Exception) -> Response:
         errors = {"policy_version": "The list of published policies cannot be read now; try again later."}
         return refusal(request, 503, errors, headers={"Retry-After": "10"})
     log.error("ledger unavailable: %s", exc)
-    if request.method == "POST":
+    if isinstance(exc, LedgerOutcomeUnknown):  # the writer was lost mid-batch: a plain "nothing stored" could lie
+        errors = {"ledger": "We could not confirm that this was recorded: it may have been. Sending it again may "
+                            "record it twice; if you need a receipt, try again later."}
+    elif request.method == "POST":
         errors = {"ledger": "We cannot record this now; nothing was stored. Try again later."}
     else:
         errors = {"ledger": "The ledger cannot be read now; try again later."}
