@@ -284,3 +284,64 @@ def test_verify_withdrawals_of_one_consent_without_the_row_by_row_pass(tmp_path:
                 txn.append("withdrawal", receipt.receipt_id, **{name: False})
         outcome = run(led)
         assert outcome.report.ok and outcome.report.count == 4 and outcome.exact_rows == 0
+
+
+def test_verify_a_flag_of_2_beside_a_chained_null_is_a_changed_column(ledger: Ledger) -> None:
+    # With the tail rehashed the chain holds; json_object renders the 2 as 2, never as the chained null.
+    seq = seq_of(ledger, "consent", 1000)
+    data = sql(ledger, "SELECT canonical FROM entries WHERE seq = ?", seq)[0][0]
+    data = data.replace(b'"consent_contact":true', b'"consent_contact":null').replace(
+        b'"consent_contact":false', b'"consent_contact":null')
+    sql(ledger, "UPDATE entries SET canonical = ?, consent_contact = 2 WHERE seq = ?", data, seq)
+    _rehash_from(ledger, seq)
+    assert agreed(ledger).problem == f"entry #{seq}: column consent_contact does not match the chained entry"
+
+
+def _consent_with_personal_data(led: Ledger, after: int) -> tuple[str, int]:
+    receipt, seq = sql(led, "SELECT receipt_id, seq FROM entries e WHERE kind = 'consent' AND seq > ? AND EXISTS"
+                       " (SELECT 1 FROM personal p WHERE p.receipt_id = e.receipt_id) ORDER BY seq LIMIT 1", after)[0]
+    return receipt, seq
+
+
+def _move_to_the_end(led: Ledger, receipt: str, message: str | None = None) -> None:
+    # Its personal data deleted and added again: a new rowid, after every other row (out of insertion order).
+    sql(led, "CREATE TEMP TABLE moved AS SELECT * FROM personal WHERE receipt_id = ?", receipt)
+    sql(led, "DELETE FROM personal WHERE receipt_id = ?", receipt)
+    if message is not None:
+        sql(led, "UPDATE moved SET message = ?", message)
+    sql(led, "INSERT INTO personal SELECT * FROM moved")
+    sql(led, "DROP TABLE moved")
+
+
+def test_verify_personal_data_out_of_insertion_order_is_still_checked(ledger: Ledger) -> None:
+    receipt, seq = _consent_with_personal_data(ledger, 500)
+    _move_to_the_end(ledger, receipt)
+    outcome = run(ledger)
+    assert outcome.report.ok and outcome.exact_rows == 0 and outcome.report == reference(ledger)
+    later_receipt, later = _consent_with_personal_data(ledger, 1200)
+    _move_to_the_end(ledger, receipt, "changed")
+    _move_to_the_end(ledger, later_receipt, "changed too")
+    assert agreed(ledger).problem == f"entry #{seq}: email, message or page do not match the entry's commitment"
+
+
+def test_verify_a_blob_receipt_id_in_personal_does_not_stand_in_for_the_text_one(ledger: Ledger) -> None:
+    # The copy with a BLOB receipt id takes the original's place among the rows read in insertion order; the
+    # reference's join never matches it, and finds the changed row (now the last one) for the consent.
+    receipt, seq = _consent_with_personal_data(ledger, 700)
+    rowid = sql(ledger, "SELECT rowid FROM personal WHERE receipt_id = ?", receipt)[0][0]
+    _move_to_the_end(ledger, receipt, "changed")
+    sql(ledger, "INSERT INTO personal (rowid, receipt_id, salt, email, message, page, email_key) SELECT ?,"
+                " CAST(receipt_id AS BLOB), salt, email, 'placeholder', page, email_key FROM personal WHERE receipt_id = ?",
+        rowid, receipt)
+    assert agreed(ledger).problem == f"entry #{seq}: email, message or page do not match the entry's commitment"
+
+
+def test_verify_personal_data_without_its_primary_key_is_joined(ledger: Ledger) -> None:
+    # A second row for one receipt, far from the first: only a lookup per consent finds it.
+    receipt, seq = _consent_with_personal_data(ledger, 300)
+    sql(ledger, "DROP VIEW receipts; CREATE TABLE loose AS SELECT * FROM personal; DROP TABLE personal;"
+                " ALTER TABLE loose RENAME TO personal")
+    assert agreed(ledger).ok
+    sql(ledger, "INSERT INTO personal SELECT receipt_id, salt, email, 'changed', page, email_key FROM personal"
+                " WHERE receipt_id = ?", receipt)
+    assert agreed(ledger).problem == f"entry #{seq}: email, message or page do not match the entry's commitment"

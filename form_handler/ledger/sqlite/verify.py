@@ -32,7 +32,7 @@ from form_handler.ledger.chain import (
     GENESIS, ZERO_CHECKPOINT_PROBLEM, Checkpoint, VerifyReport, WalkResult, removed_problem, rewritten_problem, walk,
 )
 from form_handler.ledger.sqlite.schema import configure
-from form_handler.ledger.sqlite.verify_range import RangeResult, check_range, hash_at
+from form_handler.ledger.sqlite.verify_range import RangeResult, check_range, hash_at, personal_keyed
 
 # Entries per range: a range's values are held in memory while it is checked (~1 kB an entry), so memory
 # stays constant.
@@ -62,7 +62,7 @@ def verify(conn: apsw.Connection, path: Path, against: Checkpoint | None = None,
     ranges = [(first, min(first + size - 1, count)) for first in range(1, count + 1, size)]
     if workers is None:
         workers = _cpus() if count >= PARALLEL_MIN_ENTRIES else 1
-    results, processes = _check_ranges(conn, path, ranges, max(1, min(workers, len(ranges))))
+    results, processes = _check_ranges(conn, path, ranges, max(1, min(workers, len(ranges))), personal_keyed(conn))
     ordered = [results[i] for i in sorted(results)]
     walked = _walk(ordered, count, against, lambda seq: hash_at(conn, seq))
     others = [r.other for r in ordered if r.other is not None]
@@ -128,8 +128,8 @@ def _cpus() -> int:
 
 # --- processes -------------------------------------------------------------------------------------------
 
-def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int]],
-                  processes: int) -> tuple[dict[int, RangeResult], int]:
+def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int]], processes: int,
+                  keyed: bool) -> tuple[dict[int, RangeResult], int]:
     results: dict[int, RangeResult] = {}
     lock = threading.Lock()
     # The next range to hand out, and the first one not needed: the one after a range where the walk stopped.
@@ -169,7 +169,7 @@ def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int
         feeder.start()
     try:
         while (i := take()) is not None:
-            keep(i, check_range(conn, *ranges[i]))
+            keep(i, check_range(conn, *ranges[i], keyed))
     except BaseException:
         with lock:
             cursor["stop"] = 0  # hand out nothing more
@@ -179,7 +179,7 @@ def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int
             feeder.join()
     for i in range(min(len(ranges), cursor["stop"])):
         if i not in results:
-            keep(i, check_range(conn, *ranges[i]))
+            keep(i, check_range(conn, *ranges[i], keyed))
     return results, 1 + len(workers)
 
 
@@ -214,12 +214,13 @@ def serve() -> None:
         conn = apsw.Connection(sys.argv[1], flags=apsw.SQLITE_OPEN_READONLY)
         configure(conn)
         conn.execute("BEGIN")
+        keyed = personal_keyed(conn)
         while True:
             try:
                 i, first, last = pickle.load(source)
             except EOFError:
                 return
-            pickle.dump((i, check_range(conn, first, last)), sink)
+            pickle.dump((i, check_range(conn, first, last, keyed)), sink)
             sink.flush()
     except Exception:
         sys.exit(1)  # the caller checks this worker's range itself, and reports an error that recurs there
