@@ -28,6 +28,7 @@ from typing import Any
 import apsw
 
 from form_handler.ledger.sqlite import reports
+from form_handler.ledger.sqlite.children import start_python
 from form_handler.ledger.chain import (
     GENESIS, ZERO_CHECKPOINT_PROBLEM, Checkpoint, VerifyReport, WalkResult, removed_problem, rewritten_problem, walk,
 )
@@ -184,14 +185,9 @@ def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int
 
 
 def _start(path: Path) -> subprocess.Popen[bytes] | None:
-    # The package this module is in goes first on the worker's path, so it imports this very code.
-    where = str(Path(__file__).resolve().parents[3])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (where, os.environ.get("PYTHONPATH"))))}
     try:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from form_handler.ledger.sqlite.verify import serve; serve()", str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-        )
+        return start_python("from form_handler.ledger.sqlite.verify import serve; serve()", str(path),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except OSError:  # no process to spare: this one checks the ranges
         return None
 

@@ -30,7 +30,6 @@ import concurrent.futures
 import importlib
 import itertools
 import logging
-import os
 import pickle
 import socket
 import struct
@@ -42,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from form_handler.ledger.sqlite.children import start_python
 from form_handler.ledger.types import LedgerError, LedgerOutcomeUnknown, LedgerUnavailable
 
 log = logging.getLogger("form_handler")
@@ -162,16 +162,11 @@ class ProcessWriter:
             if self._closed:
                 raise LedgerUnavailable("the ledger writer is not running (shutting down or not started).")
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            # The package this module is in goes first on the child's path, so it runs this very code.
-            where = str(Path(__file__).resolve().parents[3])
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (where, os.environ.get("PYTHONPATH"))))}
             try:
                 # In the service's process group, so a SIGKILL of the group ends it too; SIGINT and SIGTERM it
                 # ignores (_CHILD): it ends when the service closes its socket, or dies, which closes it too.
-                proc = subprocess.Popen(
-                    [sys.executable, "-c", _CHILD, str(theirs.fileno()), str(self.ledger_path), str(self.max_batch)],
-                    pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                )
+                proc = start_python(_CHILD, str(theirs.fileno()), str(self.ledger_path), str(self.max_batch),
+                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
             except OSError as e:
                 ours.close()
                 raise LedgerUnavailable(f"cannot start the ledger writer process ({e}).") from e
@@ -392,8 +387,8 @@ class _Requests:
             (n,) = _LENGTH.unpack_from(buf, start)
             if len(buf) - start - 4 < n:
                 break
-            (op_id,) = struct.unpack_from(">Q", buf, start + 4)
-            frames.append((op_id, bytes(buf[start + 12:start + 4 + n])))
+            _, op_id = _REQUEST.unpack_from(buf, start)
+            frames.append((op_id, bytes(buf[start + _REQUEST.size:start + 4 + n])))
             start += 4 + n
         del buf[:start]
         return frames
@@ -417,13 +412,7 @@ def _answer(op_id: int, ok: bool, value: Any) -> bytes:
     return _ANSWER.pack(op_id, len(body)) + body
 
 
-def _send(sock: socket.socket, answers: list[bytes]) -> None:
-    body = b"".join(answers)
-    sock.sendall(_LENGTH.pack(len(body)) + body)
-
-
-def _send_status(sock: socket.socket, value: Any) -> None:
-    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(sock: socket.socket, body: bytes) -> None:
     sock.sendall(_LENGTH.pack(len(body)) + body)
 
 
@@ -456,14 +445,14 @@ def serve() -> None:
     try:
         writer.open()
     except Exception as e:
-        _send_status(sock, ("error", e if _picklable(e) else LedgerError(str(e))))
+        _send(sock, pickle.dumps(("error", e if _picklable(e) else LedgerError(str(e))), protocol=pickle.HIGHEST_PROTOCOL))
         return
     # Unpickling an operation imports the module of its function. The service's routes (and with them every
     # module whose operations they send) are imported before the child says it is ready, so before the service
     # takes requests: a link route's first operation otherwise waited ~0.2 s for the web modules' import, and
     # every submission queued behind it (tests/test_scale.py saw 0.27 s).
     _import_operations()
-    _send_status(sock, ("ready", None))
+    _send(sock, pickle.dumps(("ready", None), protocol=pickle.HIGHEST_PROTOCOL))
     requests = _Requests(sock)
     try:
         while (frames := requests.take(max_batch)) is not None:
@@ -483,7 +472,7 @@ def serve() -> None:
             outcomes = writer.run_batch(ops) if ops else []
             answers += [_answer(op_id, ok, value) for op_id, (ok, value) in zip(ids, outcomes)]
             try:
-                _send(sock, answers)
+                _send(sock, b"".join(answers))
             except OSError:  # the service is gone; what was committed stays committed
                 break
     finally:
