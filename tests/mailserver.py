@@ -6,6 +6,7 @@ Tests import it as a helper: `from mailserver import MailServer, free_port`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import threading
 import time
@@ -65,15 +66,32 @@ class MailServer:
     """`with MailServer() as smtp:` runs the server; `smtp.messages` lists what arrived."""
 
     def __init__(self, port: int | None = None) -> None:
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self._collector = _Collector()
-        self._controller = Controller(
-            self._collector, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True
-        )
+        self._controller = self._make_controller()
+
+    def _make_controller(self) -> Controller:
+        return Controller(self._collector, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=True)
 
     def __enter__(self) -> MailServer:
-        self._controller.start()
-        return self
+        # A free port is only free when it was asked for: a server another test started meanwhile may have
+        # taken it (the suite saw "address already in use"), so a port chosen here is chosen again. A failed
+        # start leaves aiosmtpd's event loop open (its _run returns before loop.close()), and the loop's
+        # socketpair then surfaced as an "unclosed socket" warning in whichever test ran next: close it here.
+        for attempt in range(5):
+            try:
+                self._controller.start()
+                return self
+            except OSError as e:
+                failed = self._controller
+                failed.stop(no_assert=True)
+                failed.loop.close()
+                if self._fixed_port or e.errno != errno.EADDRINUSE or attempt == 4:
+                    raise
+                self.port = free_port()
+                self._controller = self._make_controller()
+        raise AssertionError("unreachable")
 
     def __exit__(self, *exc: object) -> None:
         self._collector.release.set()
