@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import importlib
 import itertools
 import logging
@@ -452,6 +453,9 @@ def serve() -> None:
     # takes requests: a link route's first operation otherwise waited ~0.2 s for the web modules' import, and
     # every submission queued behind it (tests/test_scale.py saw 0.27 s).
     _import_operations()
+    # As in the service (web/app.py, freeze_startup_objects): what start-up made lives as long as the process.
+    gc.collect()
+    gc.freeze()
     _send(sock, pickle.dumps(("ready", None), protocol=pickle.HIGHEST_PROTOCOL))
     requests = _Requests(sock)
     try:
