@@ -211,6 +211,20 @@ def test_cors_headers_only_for_allowed_origins(client: TestClient) -> None:
     assert "access-control-allow-origin" not in client.get("/api/stats", headers={"Origin": "https://evil.example"}).headers
 
 
+def test_no_cors_answers_without_allowed_origins(settings: Settings) -> None:
+    # With no other origin allowed, the app has no CORS layer: a preflight is refused like any OPTIONS, and a
+    # post from elsewhere is refused by the Origin check, neither with CORS headers.
+    with service_client(replace(settings, allowed_origins=())) as client:
+        preflight = client.options("/api/feedback", headers={"Origin": "https://friend.example",
+                                                             "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 405
+        post = client.post("/api/feedback", json=FORM, headers={"Origin": "https://friend.example"})
+        assert post.status_code == 403
+        for r in (preflight, post):
+            assert not [h for h in r.headers if h.lower().startswith("access-control-")]
+        assert client.post("/api/feedback", json=FORM).status_code == 201
+
+
 def test_withdraw_flow_json_and_html(client: TestClient, settings: Settings) -> None:
     first, second = submit(client).json(), submit(client).json()
     r = client.post("/api/withdraw", json={"receipt_id": first["receipt_id"], "withdraw_token": first["withdraw_token"]})
