@@ -207,6 +207,19 @@ def test_verify_a_blob_in_a_text_column_is_a_changed_column(ledger: Ledger, blob
     assert agreed(ledger).problem == f"entry #{seq}: column policy_id does not match the chained entry"
 
 
+@pytest.mark.parametrize("seq", [70, 2 * RANGE])  # inside a range; the last entry of one, which the next starts from
+def test_verify_a_blob_in_the_hash_column_does_not_match_its_hash(ledger: Ledger, seq: int) -> None:
+    # Its bytes are the right hex digits, but the reference compares a str with what SQLite hands back.
+    sql(ledger, "UPDATE entries SET hash = CAST(hash AS BLOB) WHERE seq = ?", seq)
+    report = agreed(ledger)
+    assert (report.first_bad_seq, report.problem) == (seq, f"entry #{seq} does not match its hash")
+
+
+def test_verify_a_blob_in_the_prev_hash_column_breaks_the_link(ledger: Ledger) -> None:
+    sql(ledger, "UPDATE entries SET prev_hash = CAST(prev_hash AS BLOB) WHERE seq = 70")
+    assert agreed(ledger).problem == "entry #70 does not link to the hash of entry #69"
+
+
 def test_verify_a_rewritten_tail_cannot_hide_a_key_in_the_withdraw_token(ledger: Ledger) -> None:
     # With every later hash recomputed the chain holds (only a checkpoint shows the rewrite), but the entry's
     # bytes now carry a page its column does not: still a column mismatch.

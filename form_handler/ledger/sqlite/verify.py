@@ -8,7 +8,7 @@ then reports.first_broken_link, first_column_mismatch, first_commitment_mismatch
 a ledger whose `entries` table is not the one the schema made (rebuilt by hand, seq not its rowid).
 
 Processes, not threads: SQLite takes one process-wide mutex on every allocation (its memory statistics) and a
-range's map() holds the GIL, so two threads mostly wait for each other. The workers are started as
+range's hashing holds the GIL, so two threads mostly wait for each other. The workers are started as
 `python -c "from form_handler.ledger.sqlite.verify import serve; serve()"`, not with multiprocessing, whose spawn would
 import (run) the caller's main script again in each.
 """
@@ -136,10 +136,11 @@ def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int
     # The next range to hand out, and the first one not needed: the one after a range where the walk stopped.
     cursor = {"next": 0, "stop": len(ranges)}
 
-    def take() -> int | None:
+    def take(spare: int = 0) -> int | None:
+        # `spare`: hand out a range only if at least that many remain after it.
         with lock:
             i = cursor["next"]
-            if i >= min(len(ranges), cursor["stop"]):
+            if i + spare >= min(len(ranges), cursor["stop"]):
                 return None
             cursor["next"] = i + 1
             return i
@@ -151,16 +152,24 @@ def _check_ranges(conn: apsw.Connection, path: Path, ranges: list[tuple[int, int
                 cursor["stop"] = min(cursor["stop"], i + 1)
 
     def feed(worker: subprocess.Popen[bytes]) -> None:
-        # One thread per worker: hands it a range, waits (outside the GIL) for its result, hands it the next.
+        # One thread per worker: hands it ranges, waits (outside the GIL) for each result, hands it the next. The
+        # worker holds a second range while many remain, so that it goes on while this thread waits for the GIL
+        # (the caller's own range holds it for milliseconds at a time); near the end, one, so none waits there.
         assert worker.stdin is not None and worker.stdout is not None
+        held = 0
         try:
-            while (i := take()) is not None:
-                pickle.dump((i, *ranges[i]), worker.stdin)
+            while True:
+                while held < 2 and (i := take(spare=processes if held else 0)) is not None:
+                    pickle.dump((i, *ranges[i]), worker.stdin)
+                    held += 1
+                if not held:
+                    break
                 worker.stdin.flush()
                 done, result = pickle.load(worker.stdout)
+                held -= 1
                 keep(done, result)
         except (OSError, EOFError, pickle.UnpicklingError):
-            pass  # the worker died; the range it held is checked below
+            pass  # the worker died; the ranges it held are checked below
         finally:
             _stop(worker)
 

@@ -5,10 +5,10 @@ One aggregate SELECT over the range's entries: SQLite renders the canonical byte
 itself) and compares them, and hands back the range's hashes, links and hashed bytes, and its consents' receipt
 ids and commitments, as a few long values. The personal data of those consents is then read in insertion order,
 one rowid range of `personal` (its rows are added with their consents, so in seq order), instead of one index
-lookup per consent; Python matches it to the consents by receipt id. Python hashes with map() and compares whole
-strings. An entry's checks need only its own row, its personal data and the *stored* hash of the entry before it,
-so a range is checked alone. Only a range where something does not match is walked row by row with the
-reference's checks (verify.reference), to name its first problem.
+lookup per consent; Python matches it to the consents by receipt id. Python hashes in list comprehensions and
+compares whole strings. An entry's checks need only its own row, its personal data and the *stored* hash of the
+entry before it, so a range is checked alone. Only a range where something does not match is walked row by row
+with the reference's checks (verify.reference), to name its first problem.
 """
 
 from __future__ import annotations
@@ -92,13 +92,16 @@ def _cases() -> str:
 _COLUMNS_MATCH = f"coalesce(CASE {_cases()} END, 0)"
 # One row per range, in one step: count, first and last seq, the stored hashes and prev_hash columns (comma-
 # separated), the bytes each entry's hash covers (prev_hash + canonical, newline-separated: canonical JSON has
-# no raw newline), whether every row's columns match, how many entries have a page column (a v1 consent, whose
-# commitment the personal data alone does not decide), and the consents: how many, their receipt ids and
-# commitments. group_concat takes rows in the scan's order, seq order here; were it ever another, the strings
-# would not match and the range would go row by row.
-_RANGE_SQL = f"""SELECT count(*), min(e.seq), max(e.seq), CAST(group_concat(e.hash, ',') AS BLOB),
-  CAST(group_concat(e.prev_hash, ',') AS BLOB), CAST(group_concat(e.prev_hash || e.canonical, x'0a') AS BLOB),
-  min({_COLUMNS_MATCH}), count(e.page), sum(e.kind = 'consent'),
+# no raw newline), whether every row's columns match and its hash and prev_hash are not BLOBs (group_concat
+# would hand a BLOB's bytes over as text, where the reference's comparison with a str fails; a number never
+# renders as 64 hex digits), how many entries have a page column (a v1 consent, whose commitment the personal
+# data alone does not decide), and the consents: how many, their receipt ids and commitments. group_concat takes
+# rows in the scan's order, seq order here; were it ever another, the strings would not match and the range
+# would go row by row.
+_RANGE_SQL = f"""SELECT count(*), min(e.seq), max(e.seq), group_concat(e.hash, ','), group_concat(e.prev_hash, ','),
+  CAST(group_concat(e.prev_hash || e.canonical, x'0a') AS BLOB),
+  min(CASE WHEN max(e.hash, e.prev_hash) < x'' THEN {_COLUMNS_MATCH} ELSE 0 END), count(e.page),
+  sum(e.kind = 'consent'),
   group_concat(CASE WHEN e.kind = 'consent' THEN e.receipt_id END, ','),
   group_concat(CASE WHEN e.kind = 'consent' THEN coalesce(e.commitment, '?') END, ',')
   FROM entries e WHERE e.seq BETWEEN ? AND ?"""
@@ -143,6 +146,15 @@ _hexdigest = methodcaller("hexdigest")
 _sha256 = hashlib.sha256
 
 
+def _hex_digests(pieces: list[bytes]) -> str:
+    """The sha256 of each piece as comma-separated hex, what group_concat(hash, ',') holds when every one matches.
+
+    One digest() call each in a list comprehension (a map() of methodcaller looks the method up on every call), and
+    the digests written as hex at once.
+    """
+    return b"".join([_sha256(piece).digest() for piece in pieces]).hex(",", 32)
+
+
 @dataclass(frozen=True)
 class RangeResult:
     """What one range of seq holds: the walk's first failure in it, or its last hash; and its first other problem."""
@@ -175,26 +187,26 @@ def check_range(conn: apsw.Connection, first: int, last: int, keyed: bool = Fals
     prev = GENESIS if first == 1 else hash_at(conn, first - 1)
     try:
         found: Any = conn.execute(_RANGE_SQL, (first, last)).fetchall()[0]
-        if prev is not None and _chain_and_columns_match(found, first, last, prev.encode()) and (
+        if prev is not None and _chain_and_columns_match(found, first, last, prev) and (
                 keyed and not found[7] and _personal_in_order_matches(conn, first, last, *found[8:])
                 or _personal_joined_matches(conn, first, last)):
-            return RangeResult(None, found[3][-64:].decode(), None, 0)
+            return RangeResult(None, found[3][-64:], None, 0)
     except (apsw.SQLError, UnicodeDecodeError):  # not expected (the SQL guards what JSON cannot hold)
         pass
     # A missing entry first-1 is reported by the range before; any start does here.
     return _row_by_row(conn, first, last, prev or GENESIS)
 
 
-def _chain_and_columns_match(found: Any, first: int, last: int, prev: bytes) -> bool:
+def _chain_and_columns_match(found: Any, first: int, last: int, prev: str) -> bool:
     n, lowest, highest, hashes, prev_hashes, hashed, columns_match = found[:7]
     # seq is the rowid (unique integers), so n rows from first to last are every entry in between.
     if n != last - first + 1 or lowest != first or highest != last or columns_match != 1:
         return False
     try:
-        if ",".join(map(_hexdigest, map(_sha256, hashed.split(b"\n")))).encode() != hashes:
+        if _hex_digests(hashed.split(b"\n")) != hashes:
             return False
         # Every stored hash is 64 hex digits now; each prev_hash must be the one before it.
-        return bool(prev_hashes == (prev + b"," + hashes[:-65] if n > 1 else prev))
+        return bool(prev_hashes == (prev + "," + hashes[:-65] if n > 1 else prev))
     except (TypeError, AttributeError):  # a NULL
         return False
 
@@ -222,10 +234,10 @@ def _personal_in_order_matches(conn: apsw.Connection, first: int, last: int, con
         if not len(seen) == len(pieces) == typed == count:
             return False
         try:
-            expected = ",".join(map(by_receipt.__getitem__, seen))
+            expected = ",".join([by_receipt[receipt] for receipt in seen])
         except KeyError:  # a row of another range's consent, or of none
             return False
-        if expected != ",".join(map(_hexdigest, map(_sha256, pieces))):
+        if expected != _hex_digests(pieces):
             return False
     if len(seen) < consents:
         unseen = json.dumps(list(by_receipt.keys() - set(seen)))
@@ -297,4 +309,5 @@ def hash_at(conn: apsw.Connection, seq: int) -> str | None:
     if seq == 0:
         return GENESIS
     found: Any = conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchall()
-    return found[0][0] if found else None
+    # Not text (a BLOB put there): the walk fails at that entry, in the range before, so none starts from it.
+    return found[0][0] if found and isinstance(found[0][0], str) else None
