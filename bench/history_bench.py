@@ -4,13 +4,17 @@
     .venv/bin/python bench/history_bench.py --history-only  # time the history reader, timelines, redlines alone
     .venv/bin/python bench/history_bench.py --adopt         # an adopted repository: 60 policies, 900 commits,
                                                             # ~1,000 versions from git history, bound 50%
+    .venv/bin/python bench/history_bench.py --code /tmp/old # and the plugin of another copy of the code, in turn
 
 The site is generated in a temporary folder (or --dir) as one `git fast-import` stream, so making 2,000 commits
 takes seconds, not 2,000 `git commit` calls. Builds alternate (plain, policy, plain, ...) after one unmeasured
 warm-up build of each, so that a busy machine slows both variants alike. Both wall-clock and CPU time (mkdocs plus the
 history worker and git processes it ran) are reported; exit status 1 when the plugin's overhead on the median
 wall-clock time is above --max-overhead percent (the bound is about how long a build takes; the plugin spends
-CPU on a second core to keep it short, so its CPU overhead is larger and is printed beside it).
+CPU on a second core to keep it short, so its CPU overhead is larger and is printed beside it). With --code, the
+policy variant of each copy of the code named (e.g. `git worktree add /tmp/old <commit>`) is built too, in the same
+rounds (plain first, then the policy builds in an order that rotates from round to round), and the two copies are
+compared round by round; the verdict stays this checkout's overhead against the plain build.
 """
 
 from __future__ import annotations
@@ -285,10 +289,12 @@ def time_core(root: Path, adopted: str | None = None) -> None:
     print(f"redline_html: {len(pairs)} redlines in {done - tied:.2f} s")
 
 
-def build(root: Path, variant: str, epoch: int, out: str) -> tuple[float, float]:
-    """Build one variant into the folder `out`; return (wall seconds, CPU seconds of mkdocs and the git
-    processes it waited for)."""
+def build(root: Path, variant: str, epoch: int, out: str, code: Path | None = None) -> tuple[float, float]:
+    """Build one variant into the folder `out`, with the site_src of `code` when given; return (wall seconds, CPU
+    seconds of mkdocs and the git processes it waited for)."""
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), NO_MKDOCS_2_WARNING="1")
+    if code is not None:  # ahead of the installed (editable) package, whose finder comes after sys.path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH")) if p)
     args = [sys.executable, "-m", "mkdocs", "build", "-q", "-f", f"mkdocs-{variant}.yml", "-d", out]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
@@ -322,13 +328,28 @@ class Outputs:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _summary(name: str, times: list[float]) -> str:
+def check_code(code: Path, root: Path) -> None:
+    """Refuse a copy of the code that its builds (run in `root`) would not import: the installed package instead."""
+    env = dict(os.environ, PYTHONPATH=str(code))
+    found = subprocess.run([sys.executable, "-c", "import site_src; print(site_src.__file__)"], cwd=root, env=env,
+                           capture_output=True, text=True).stdout.strip()
+    if not found or Path(found).resolve().parent != (code / "site_src").resolve():
+        raise SystemExit(f"Error: --code {code}: its builds would import site_src from {found or 'nowhere'}; "
+                         "name a folder that holds site_src/ (e.g. one made by git worktree add).")
+
+
+def _config(variant: str) -> str:
+    """The configuration a variant builds: mkdocs-plain.yml, or mkdocs-policy.yml for every copy of the code."""
+    return "plain" if variant == "plain" else "policy"
+
+
+def _summary(name: str, times: list[float], width: int = 7) -> str:
     spread = max(times) - min(times)
-    return f"{name:7} median {statistics.median(times):6.2f} s   min {min(times):6.2f}   max {max(times):6.2f}   spread {spread:5.2f}"
+    return f"{name:{width}} median {statistics.median(times):6.2f} s   min {min(times):6.2f}   max {max(times):6.2f}   spread {spread:5.2f}"
 
 
-def _overhead(times: dict[str, list[float]]) -> float:
-    return 100 * (statistics.median(times["policy"]) / statistics.median(times["plain"]) - 1)
+def _overhead(times: dict[str, list[float]], variant: str = "policy") -> float:
+    return 100 * (statistics.median(times[variant]) / statistics.median(times["plain"]) - 1)
 
 
 def main() -> int:
@@ -344,7 +365,10 @@ def main() -> int:
     parser.add_argument("--history-only", action="store_true", help="time the history reader and core alone, no builds")
     parser.add_argument("--clean-before", action="store_true",
                         help="reuse one output folder per variant, emptied before each build (see Outputs)")
+    parser.add_argument("--code", type=Path, action="append", default=[],
+                        help="another copy of the code (a folder holding site_src/) whose policy builds run in turn with this one's")
     options = parser.parse_args()
+    options.code = [code.resolve() for code in options.code]
     for name, plain, adopt in (("pages", 500, 60), ("commits", 2000, 900), ("span_days", 1825, 300), ("max_overhead", 15.0, 50.0)):
         if getattr(options, name) is None:
             setattr(options, name, adopt if options.adopt else plain)
@@ -361,29 +385,49 @@ def main() -> int:
         time_core(root, adopted)
         if options.history_only:
             return 0
+        for code in options.code:
+            check_code(code, root)
+        # The code each variant's plugin comes from: None, whatever mkdocs imports (this checkout when installed).
+        codes: dict[str, Path | None] = {"plain": None, "policy": ROOT if options.code else None}
+        codes.update({f"policy-{n}": code for n, code in enumerate(options.code, 1)})
+        policies = [variant for variant in codes if variant != "plain"]
+        for variant, code in codes.items():
+            print(f"{variant}: {'no policy plugin' if variant == 'plain' else code or 'the installed site_src'}")
+        print(f"load average before the runs: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         outputs = Outputs(root, options.clean_before)
-        for variant in ("plain", "policy"):
-            build(root, variant, epoch, outputs.next(variant))  # warm-up: file cache, .pyc files
-        wall: dict[str, list[float]] = {"plain": [], "policy": []}
-        cpu: dict[str, list[float]] = {"plain": [], "policy": []}
+        for variant, code in codes.items():
+            build(root, _config(variant), epoch, outputs.next(variant), code)  # warm-up: file cache, .pyc files
+        wall: dict[str, list[float]] = {variant: [] for variant in codes}
+        cpu: dict[str, list[float]] = {variant: [] for variant in codes}
         try:
-            for _ in range(options.runs):
-                for variant in wall:
-                    seconds, cpu_seconds = build(root, variant, epoch, outputs.next(variant))
+            for run in range(options.runs):
+                # Plain first, as always; the policy builds' order rotates, so no copy of the code always goes first.
+                turn = run % len(policies)
+                for variant in ["plain", *policies[turn:], *policies[:turn]]:
+                    seconds, cpu_seconds = build(root, _config(variant), epoch, outputs.next(variant), codes[variant])
                     wall[variant].append(seconds)
                     cpu[variant].append(cpu_seconds)
         finally:
             outputs.remove()
         print(f"output folders: {'one per variant, emptied before each build' if options.clean_before else 'a fresh one per build, removed at the end'}")
+        width = max(7, *(len(variant) for variant in codes))
         for label, times in (("wall clock", wall), ("CPU (user+sys)", cpu)):
             print(f"{label}, {options.runs} alternating runs each:")
-            print(_summary("plain", times["plain"]))
-            print(_summary("policy", times["policy"]))
-            print(f"overhead of the policy plugin: {_overhead(times):+.1f}% (bound {options.max_overhead:.0f}%)")
-            # Each policy build against the plain build just before it: this machine's speed drifts over minutes,
-            # and a pair shares the drift.
-            pairs = [100 * (b / a - 1) for a, b in zip(times["plain"], times["policy"])]
-            print(f"  pair by pair: median {statistics.median(pairs):+.1f}%, min {min(pairs):+.1f}%, max {max(pairs):+.1f}%")
+            for variant in codes:
+                print(_summary(variant, times[variant], width))
+            for variant in policies:
+                of = "" if variant == "policy" else f" ({variant}, {codes[variant]})"
+                print(f"overhead of the policy plugin{of}: {_overhead(times, variant):+.1f}% (bound {options.max_overhead:.0f}%)")
+                # Each policy build against the plain build of its round: this machine's speed drifts over
+                # minutes, and a round shares the drift.
+                pairs = [100 * (b / a - 1) for a, b in zip(times["plain"], times[variant])]
+                print(f"  pair by pair: median {statistics.median(pairs):+.1f}%, min {min(pairs):+.1f}%, max {max(pairs):+.1f}%")
+            for variant in policies[1:]:
+                # This checkout against the other copy, build by build in the same round.
+                gaps = [a - b for a, b in zip(times["policy"], times[variant])]
+                ratios = [100 * (a / b - 1) for a, b in zip(times["policy"], times[variant])]
+                print(f"  head to head, policy minus {variant} round by round: median {statistics.median(gaps):+.2f} s "
+                      f"({statistics.median(ratios):+.1f}%), min {min(gaps):+.2f} s, max {max(gaps):+.2f} s")
         load = os.getloadavg()
         print(f"load average after the runs: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
         # Wall clock decides: the bound is about how long a build takes. Alternating runs share the machine's load.

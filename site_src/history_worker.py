@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .history_job import Finish, Outcome, PolicySource, ShellSource, SiteInfo, Statuses
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
-# Fork where that is safe and cheap: the worker then starts at once, with every module already imported (a fresh
+# Fork where that is safe and cheap: the worker then starts at once, with MkDocs and most of the core imported (a fresh
 # Python needs ~0.15 s of imports before it can read a message: a tenth of a small site's build). Elsewhere
 # (macOS, where forking a process that may hold system frameworks is unsafe; Windows), a fresh Python.
 FORK = hasattr(os, "fork") and sys.platform.startswith("linux")
@@ -72,13 +72,16 @@ class HistoryWorker:
             except OSError:
                 pass
 
-    def send(self, message: SiteInfo | PolicySource | Finish | ShellSource) -> None:
-        """Queue a message for the worker (it reads continuously, so this does not wait for its work)."""
+    def send(self, message: SiteInfo | PolicySource | Finish | ShellSource, *, flush: bool = True) -> None:
+        """Queue a message for the worker (it reads continuously, so this does not wait for its work). With
+        ``flush=False`` it may wait in the buffer for the next messages: one write, and one wake-up of the worker,
+        for several pages instead of one each (the next message sent with a flush, or close, sends it)."""
         if self._broken or self._to.closed:
             return
         try:
             pickle.dump(message, self._to, protocol=pickle.HIGHEST_PROTOCOL)
-            self._to.flush()
+            if flush:
+                self._to.flush()
         except (BrokenPipeError, OSError):
             self._broken = True  # the worker died; result() reports how
 

@@ -48,12 +48,22 @@ _PROSE_SAFE = {
 # A paragraph that starts with a letter and holds no character any of those extensions (or core Markdown) treats
 # as syntax, and no line that could start a list, quote, heading, table, definition or setext underline.
 _PROSE = re.compile(r"""[^\W\d_][^\\`*_{}\[\]<>&!#|~:^=\n]*(?:\n(?:[^\W\d_]|[("'])[^\\`*_{}\[\]<>&!#|~:^=\n]*)*""")
+_DOTS = frozenset((".", ".."))  # path segments relative_url leaves to posixpath.relpath
 
 
 def relative_url(target: str, page_url: str) -> str:
     """``target`` (relative to the site root, like page.url) as a link from the page at ``page_url``."""
     here = posixpath.dirname(page_url.rstrip("/")) if not page_url.endswith("/") else page_url.rstrip("/")
-    rel = posixpath.relpath(target or ".", here or ".")
+    start, path = here.split("/"), target.split("/")
+    if here.startswith("/") or target.startswith("/") or not _DOTS.isdisjoint(start) or not _DOTS.isdisjoint(path):
+        rel = posixpath.relpath(target or ".", here or ".")
+    else:
+        # What relpath gives for such paths, without its abspath (a getcwd each) on every policy page.
+        start, path = [s for s in start if s], [p for p in path if p]
+        common = 0
+        while common < min(len(start), len(path)) and start[common] == path[common]:
+            common += 1
+        rel = "/".join([".."] * (len(start) - common) + path[common:]) or "."
     if target.endswith("/") or target == "":
         rel = rel.rstrip("/") + "/"
     return "./" if rel in (".", "./") else rel

@@ -38,7 +38,6 @@ from .config import PolicyConfig
 from .feed import FEED_NAME
 from .history import HistoryUnavailable, locate_repository
 from .history_job import Finish, Outcome, PolicySource, ShellSource, SiteInfo, Statuses, changes_url
-from .history_pages import write_feed
 from .history_worker import HistoryWorker
 from .partials import FeedbackForm, render_status
 from .policy_build import NO_SITE_URL, PolicyBuildError, adoption_date, feedback_form, unrecorded_edit, unused_pattern
@@ -87,7 +86,6 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self._patterns = PolicyPatterns()
         self._adopted: dt.date | None = None
         self._statuses: dict[str, PolicyStatus] = {}  # by src_uri: what each policy page's status line says
-        self._env: jinja2.Environment | None = None
         self._worker: HistoryWorker | None = None
         self._site: SiteInfo | None = None
         self.outcome: Outcome | None = None  # what the history worker reported (timings for the bench)
@@ -132,7 +130,6 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
         self._pages = []
         self._form_pages = []
         self._statuses = {}
-        self._env = None
         self._shell_page = None
 
     def on_files(self, files: Files, *, config: MkDocsConfig) -> Files:
@@ -203,7 +200,7 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             self._worker.send(PolicySource(
                 p.meta.policy_id, _title(page), page.url, page.file.src_uri, page.file.abs_src_path, p.path, None,
                 p.meta.changes, p.meta.id_from_path,
-            ))
+            ), flush=False)  # Finish, in on_env, flushes the last of them
         return html
 
     def on_env(self, env: jinja2.Environment, *, config: MkDocsConfig, files: Files) -> jinja2.Environment:
@@ -246,16 +243,15 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             for p in self._pages
         }
         self._today = today
-        self._env = env
         return env
 
     @event_priority(-50)  # after the search plugin has indexed the page: the status line is not policy text
     def on_page_context(self, context: TemplateContext, *, page: Page, config: MkDocsConfig, nav: Navigation) -> TemplateContext:
         """Put the status line (in force since, change history, versions, feed) under a policy page's title."""
         status = self._statuses.get(page.file.src_uri)
-        if status is None or self._env is None or page.content is None or self._today is None:
+        if status is None or page.content is None or self._today is None:
             return context
-        html = render_status(self._env, status, page.url, self._today, history=self.history_pages, feed_url=self.feed_url)
+        html = render_status(status, page.url, self._today, history=self.history_pages, feed_url=self.feed_url)
         page.content = insert_status(page.content, html)
         return context
 
@@ -278,6 +274,10 @@ class PolicyPlugin(BasePlugin[PolicyConfig]):  # type: ignore[no-untyped-call]
             finally:
                 self._close_worker()
         elif self.feed_url is not None:
+            # Imported here: with a history worker (the usual case) only the worker uses history_pages, and the
+            # forked worker imports it itself, on its own core, while git reads the history.
+            from .history_pages import write_feed
+
             today = self._today or dt.datetime.now(dt.timezone.utc).date()
             write_feed(_plain_site(config), [self._source(p) for p in self._pages], today, history=False)
         manifest = build_manifest(self.policies())

@@ -9,9 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .records import ChangeRecord
-from .timeline import PastVersion
+
+if TYPE_CHECKING:  # the MkDocs process needs statuses, not timelines (difflib and more, imported by the worker)
+    from .timeline import PastVersion
 
 
 @dataclass(frozen=True)

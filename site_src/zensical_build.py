@@ -298,12 +298,12 @@ class _Build:
 
     def finish(self) -> None:
         """Status lines, history pages, feed, manifest and shell, into what Zensical wrote."""
-        env = environment()
         for p in self.policies:
             status = self.statuses.get(p.page.src_uri)
             if status is not None:
-                html = render_status(env, status, p.page.url, self.today, history=self.history, feed_url=self.feed_url)
-                _insert_into_page(self.output / _output_file(p.page.url), html)
+                # With the newline after it that these pages have always had (from the template it once came from).
+                html = render_status(status, p.page.url, self.today, history=self.history, feed_url=self.feed_url)
+                _insert_into_page(self.output / _output_file(p.page.url), html + "\n")
         page_404 = self.output / "404.html"
         shell_page = page_404.read_text(encoding="utf-8") if page_404.is_file() else None
         if self.worker is not None:

@@ -89,3 +89,18 @@ def test_worker_of_a_build_that_failed_is_stopped(tmp_path: Path, fork: bool) ->
     worker.send(_site(repo.root, tmp_path / "site"))
     worker.close()  # no Finish: the plugin gave up (on_build_error), and the worker is stopped
     assert "the change history worker stopped with exit status" in (worker.result().error or "")
+
+
+@MODES
+def test_worker_gets_pages_sent_without_a_flush_with_the_next_message(tmp_path: Path, fork: bool) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("2024-01-10", {"docs/privacy.md": "# Privacy\n\nOne.\n"}, message="First")
+    worker = HistoryWorker(repo.root, str(repo.root / "docs"), fork=fork)
+    try:
+        worker.send(_site(repo.root, tmp_path / "site"))
+        worker.send(_policy(repo.root), flush=False)  # as the plugin sends each page: it waits in the buffer
+        worker.send(Finish("changes.xml", BUILD))
+        status = worker.statuses().policies["privacy.md"]
+    finally:
+        worker.close()
+    assert (status.effective, status.versions, status.error) == (dt.date(2024, 1, 10), 1, None)

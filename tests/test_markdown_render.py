@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import posixpath
+
 import markdown
 import pytest
 
@@ -145,3 +148,17 @@ def test_blocks_refuses_text_a_cut_could_change() -> None:
 @pytest.mark.parametrize("url", ["", "privacy/", "privacy/changes/", "a/b/versions/2026-01-10/", "terms.html", "a/terms.html"])
 def test_site_root_is_relative_url_to_the_root(url: str) -> None:
     assert site_root(url) == relative_url("", url)
+
+
+def test_relative_url_gives_what_posixpath_relpath_gives() -> None:
+    # relative_url counts segments itself for URLs as MkDocs makes them; anything else goes to relpath.
+    def by_relpath(target: str, page_url: str) -> str:
+        here = posixpath.dirname(page_url.rstrip("/")) if not page_url.endswith("/") else page_url.rstrip("/")
+        rel = posixpath.relpath(target or ".", here or ".")
+        rel = rel.rstrip("/") + "/" if target.endswith("/") or target == "" else rel
+        return "./" if rel in (".", "./") else rel
+
+    parts = ["", "a", "b", "x.html", ".", ".."]
+    urls = {lead + "/".join(p) + tail for n in range(3) for p in itertools.product(parts, repeat=n) for lead in ("", "/")
+            for tail in ("", "/")} | {"a/b/x.html", "a/b/versions/2026-01-10/", "b/a/changes/"}
+    assert all(relative_url(t, u) == by_relpath(t, u) for t in urls for u in urls)
