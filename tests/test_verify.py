@@ -220,6 +220,34 @@ def test_verify_a_blob_in_the_prev_hash_column_breaks_the_link(ledger: Ledger) -
     assert agreed(ledger).problem == "entry #70 does not link to the hash of entry #69"
 
 
+NOT_UTF8 = "CAST(x'ff' || CAST({0} AS BLOB) AS TEXT)"  # TEXT SQLite stores as it is, which apsw cannot read as str
+
+
+@pytest.mark.parametrize("seq", [70, 2 * RANGE])  # inside a range; the last entry of one, which the next starts from
+@pytest.mark.parametrize(("column", "problem"), [
+    ("hash", "entry #{seq} does not match its hash"),
+    ("prev_hash", "entry #{seq} does not link to the hash of entry #{before}"),
+    ("policy_id", "entry #{seq}: policy_id holds text that is not valid UTF-8 (the file was edited or damaged)"),
+])
+def test_verify_names_an_entry_whose_text_is_not_utf8(ledger: Ledger, seq: int, column: str, problem: str) -> None:
+    # The reference walk cannot read such a row at all (UnicodeDecodeError), so the fast path is checked alone,
+    # in parallel and in one process: it names the entry instead of failing with a traceback.
+    sql(ledger, f"UPDATE entries SET {column} = {NOT_UTF8.format(column)} WHERE seq = ?", seq)
+    for workers in (3, 1):
+        report = run(ledger, workers=workers).report
+        assert not report.ok
+        assert (report.first_bad_seq, report.problem) == (seq, problem.format(seq=seq, before=seq - 1))
+
+
+def test_verify_names_personal_text_that_is_not_utf8(ledger: Ledger) -> None:
+    seq = seq_of(ledger, "consent", 1000)
+    sql(ledger, f"UPDATE personal SET message = {NOT_UTF8.format('message')} "
+                "WHERE receipt_id = (SELECT receipt_id FROM entries WHERE seq = ?)", seq)
+    report = run(ledger).report
+    assert (report.first_bad_seq, report.problem) == (
+        seq, f"entry #{seq}: personal.message holds text that is not valid UTF-8 (the file was edited or damaged)")
+
+
 def test_verify_a_rewritten_tail_cannot_hide_a_key_in_the_withdraw_token(ledger: Ledger) -> None:
     # With every later hash recomputed the chain holds (only a checkpoint shows the rewrite), but the entry's
     # bytes now carry a page its column does not: still a column mismatch.

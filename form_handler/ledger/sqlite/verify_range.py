@@ -259,6 +259,57 @@ def _personal_joined_matches(conn: apsw.Connection, first: int, last: int) -> bo
 
 def _row_by_row(conn: apsw.Connection, first: int, last: int, prev: str) -> RangeResult:
     try:
+        return _each_row(conn, first, last, prev)
+    except UnicodeDecodeError as e:  # TEXT that is not UTF-8, which only an edit of the file makes: name its entry
+        return _around_undecodable(conn, first, last, prev, e)
+
+
+def _around_undecodable(conn: apsw.Connection, first: int, last: int, prev: str,
+                        error: UnicodeDecodeError) -> RangeResult:
+    """The range checked around its first entry holding TEXT that is not UTF-8 (apsw cannot read it as str, and
+    neither could the reference walk): the entries before it as usual, then that entry's hash from its raw bytes,
+    its text named as its problem (a link problem when it is prev_hash), then the entries after it."""
+    found = next(((seq, column) for seq in range(first, last + 1)
+                  if (column := _undecodable_column(conn, seq)) is not None), None)
+    if found is None:  # not in a column of the entry or its personal data: nothing to name, so say what failed
+        raise error
+    bad, column = found
+    before = _row_by_row(conn, first, bad - 1, prev) if bad > first else RangeResult(None, prev, None, 0)
+    if before.walk is not None or before.last_hash is None:
+        return before
+    prev, rows = before.last_hash, before.exact_rows + 1
+    stored: Any = conn.execute("SELECT CAST(hash AS BLOB), typeof(hash), CAST(canonical AS BLOB) FROM entries "
+                               "WHERE seq = ?", (bad,)).fetchall()[0]
+    stored_hash, kind, data = stored
+    if column == "hash" or kind != "text" or data is None or (
+            _sha256(prev.encode() + data).hexdigest().encode() != stored_hash):
+        return RangeResult(WalkResult(bad - 1, prev, bad, hash_problem(bad)), None, before.other, rows)
+    problem = reports.link_problem(bad) if column == "prev_hash" else text_problem(bad, column)
+    other = before.other or (bad, problem)
+    if bad == last:
+        return RangeResult(None, stored_hash.decode(), other, rows)
+    after = _row_by_row(conn, bad + 1, last, stored_hash.decode())
+    return RangeResult(after.walk, after.last_hash, other, rows + after.exact_rows)
+
+
+def text_problem(seq: int, column: str) -> str:
+    return f"entry #{seq}: {column} holds text that is not valid UTF-8 (the file was edited or damaged)"
+
+
+def _undecodable_column(conn: apsw.Connection, seq: int) -> str | None:
+    """The first column of entry `seq`, or of its personal data, whose TEXT is not UTF-8; None when every one reads."""
+    for table, select in (("entries", "SELECT e.{} FROM entries e WHERE e.seq = ?"),
+                          ("personal", f"SELECT p.{{}} {_JOIN} WHERE e.seq = ?")):
+        for (name,) in conn.execute(f"SELECT name FROM pragma_table_info('{table}')").fetchall():
+            try:
+                conn.execute(select.format(f'"{name}"'), (seq,)).fetchall()
+            except UnicodeDecodeError:
+                return str(name) if table == "entries" else f"personal.{name}"
+    return None
+
+
+def _each_row(conn: apsw.Connection, first: int, last: int, prev: str) -> RangeResult:
+    try:
         rows: list[Any] = conn.execute(_EXACT_SQL.format(mismatch=reports.columns_differ_sql("e.")),
                                        (first, last)).fetchall()
         each_row = False
@@ -308,6 +359,9 @@ def _row_mismatch(conn: apsw.Connection, seq: int) -> bool:
 def hash_at(conn: apsw.Connection, seq: int) -> str | None:
     if seq == 0:
         return GENESIS
-    found: Any = conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchall()
+    try:
+        found: Any = conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchall()
+    except UnicodeDecodeError:  # not UTF-8: as a BLOB below, the walk fails at that entry
+        return None
     # Not text (a BLOB put there): the walk fails at that entry, in the range before, so none starts from it.
     return found[0][0] if found and isinstance(found[0][0], str) else None
