@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from operator import methodcaller
 from typing import Any
 
 import apsw
 
 from form_handler.ledger.sqlite import reports
-from form_handler.ledger.chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, WalkResult, hash_problem, missing_problem
+from form_handler.ledger.chain import (
+    FLAG_COLUMNS, GENESIS, TEXT_COLUMNS, WalkResult, entry_hash, hash_problem, missing_problem,
+)
 
 # The mirrored columns in the canonical key order (sorted, as chain.canonical writes them).
 _MIRRORED = sorted(("kind", "receipt_id", "recorded_at", "seq", *TEXT_COLUMNS, *FLAG_COLUMNS))
@@ -142,15 +143,14 @@ _EXACT_SQL = f"""SELECT e.seq, e.hash, e.prev_hash, e.canonical, {{mismatch}}, e
   p.message, p.page, CASE WHEN p.salt IS NOT NULL AND json_valid(CAST(e.canonical AS TEXT))
   THEN json_extract(CAST(e.canonical AS TEXT), '$.v') END {_JOIN} WHERE e.seq BETWEEN ? AND ? ORDER BY e.seq"""
 
-_hexdigest = methodcaller("hexdigest")
 _sha256 = hashlib.sha256
 
 
 def _hex_digests(pieces: list[bytes]) -> str:
     """The sha256 of each piece as comma-separated hex, what group_concat(hash, ',') holds when every one matches.
 
-    One digest() call each in a list comprehension (a map() of methodcaller looks the method up on every call), and
-    the digests written as hex at once.
+    One digest() call each in a list comprehension (a map() of methodcaller("hexdigest") looks the method up on
+    every call), and the digests written as hex at once.
     """
     return b"".join([_sha256(piece).digest() for piece in pieces]).hex(",", 32)
 
@@ -252,7 +252,7 @@ def _personal_joined_matches(conn: apsw.Connection, first: int, last: int) -> bo
     if preimages is None:
         return True  # no consent of the range has personal data
     try:
-        return bool(",".join(map(_hexdigest, map(_sha256, map(bytes.fromhex, preimages.split(","))))) == commitments)
+        return bool(_hex_digests([bytes.fromhex(p) for p in preimages.split(",")]) == commitments)
     except ValueError:  # an X: the row-by-row pass names it
         return False
 
@@ -282,7 +282,7 @@ def _around_undecodable(conn: apsw.Connection, first: int, last: int, prev: str,
                                "WHERE seq = ?", (bad,)).fetchall()[0]
     stored_hash, kind, data = stored
     if column == "hash" or kind != "text" or data is None or (
-            _sha256(prev.encode() + data).hexdigest().encode() != stored_hash):
+            entry_hash(prev, data).encode() != stored_hash):
         return RangeResult(WalkResult(bad - 1, prev, bad, hash_problem(bad)), None, before.other, rows)
     problem = reports.link_problem(bad) if column == "prev_hash" else text_problem(bad, column)
     other = before.other or (bad, problem)
@@ -329,7 +329,7 @@ def _each_row(conn: apsw.Connection, first: int, last: int, prev: str) -> RangeR
                                len(rows))
         if type(data) is not bytes:  # as chain.walk: hash the bytes SQLite hands back
             data = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
-        if _sha256(prev.encode() + data).hexdigest() != stored_hash:
+        if entry_hash(prev, data) != stored_hash:
             return RangeResult(WalkResult(seq - 1, prev, seq, hash_problem(seq)), None, other, len(rows))
         if other is None:
             if prev_hash != prev:
