@@ -3,9 +3,9 @@
 Routes raise typed errors and never catch a ledger error to pick a status: a refusal of the request
 (`Refused`, from reading and checking it), what the ledger refuses (`UnknownReceipt` 404, `InvalidToken`
 403, any other `LedgerRefusal` 422, each naming its field), and a ledger or manifest that cannot be used
-now (503 with Retry-After; nothing was stored, except after LedgerOutcomeUnknown, which says it may have been). A JSON caller gets {"errors": {field: sentence}}; a
-browser that posted a form gets the same as a page. The pages behind e-mail links answer with their own
-page (mail_routes.unavailable).
+now (503 with Retry-After; nothing was stored, except after LedgerOutcomeUnknown, which says it may have
+been). A JSON caller gets {"errors": {field: sentence}}; a browser that posted a form gets the same as a page.
+The pages behind e-mail links answer with their own page (mail_routes.unavailable).
 """
 
 from __future__ import annotations
