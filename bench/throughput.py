@@ -6,7 +6,10 @@ a unique message each) at each connection count and worker count, interleaved, s
 the medians. Every durable success was acknowledged only after its COMMIT; the bench checks afterwards
 that the ledger holds at least as many entries as wrk counted successes and that it verifies. On SQLite the
 product runs twice: as deployed (its writer in a process of its own) and with POLICY_SITE_LEDGER_WRITER_PROCESS=false
-(the writer a thread of the service process, as before), so the two are compared in one run.
+(the writer a thread of the service process, as before), so the two are compared in one run. Beside them runs
+`bench.skeleton_app:app`, the bare endpoint plus the least a durable write costs in this design (a writer process
+of its own, one fsync'd COMMIT per batch, nothing else): the distance from bare to it is the design's, from it to
+durable the product's own per-request work.
 
 With --ledger postgresql the durable app writes to PostgreSQL instead: a temporary server from Debian's
 postgresql 15 binaries (tests/pgserver.py, as the tests start it), a fresh database per configuration; there
@@ -14,7 +17,7 @@ each uvicorn worker is one instance of the service (its own pool and group-commi
 
 Usage:
     .venv/bin/python -m bench.throughput [--duration 10] [--runs 3] [--connections 50,200] [--workers 1,2]
-        [--ledger sqlite|postgresql] [--no-thread]
+        [--ledger sqlite|postgresql] [--no-thread] [--no-skeleton]
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("post_form.lua")
 VERSION = "5" * 64
-APPS = {"bare": "bench.bare_app:app", "durable": "form_handler.web.app:app", "thread": "form_handler.web.app:app"}
+APPS = {"bare": "bench.bare_app:app", "skeleton": "bench.skeleton_app:app", "durable": "form_handler.web.app:app",
+        "thread": "form_handler.web.app:app"}
 # "thread" is the product with its SQLite writer as a thread of the service process (the writer before it had a
 # process of its own), measured in the same run for comparison.
 APP_ENV = {"thread": {"POLICY_SITE_LEDGER_WRITER_PROCESS": "false"}}
@@ -149,12 +153,23 @@ def check_ledger(ledger: Path | str, acknowledged: int) -> str:
     return f"{report.count} entries, verify ok"
 
 
+def check_skeleton(path: Path | str, acknowledged: int) -> str:
+    """The skeleton's file holds every acknowledged write too (it is a floor for durable writes, so it must be one)."""
+    from bench.skeleton_app import stored
+
+    count = stored(str(path))
+    if count < acknowledged:
+        raise SystemExit(f"{path}: {count} rows for {acknowledged} acknowledged")
+    return f"{count} rows for {acknowledged} acknowledged"
+
+
 def table(samples: list[Sample], connections: list[int], workers: list[int]) -> str:
     apps = {s.app for s in samples}
-    thread = "thread" in apps
+    thread, skeleton = "thread" in apps, "skeleton" in apps
     lines = ["| workers | connections | bare req/s | durable req/s | durable / bare | durable p50 | durable p99 | bare p99 "
-             "| CPU/request bare, durable |" + (" writer thread: req/s, / bare, p99, CPU/request |" if thread else ""),
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if thread else "")]
+             "| CPU/request bare, durable |" + (" writer thread: req/s, / bare, p99, CPU/request |" if thread else "")
+             + (" skeleton: req/s, / bare, p99, CPU/request |" if skeleton else ""),
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if thread else "") + ("---:|" if skeleton else "")]
     for w in workers:
         for c in connections:
             def med(app: str, attr: str) -> float:
@@ -167,6 +182,9 @@ def table(samples: list[Sample], connections: list[int], workers: list[int]) -> 
             if thread:
                 t = med("thread", "per_second")
                 line += f" {t:.0f}, {t / bare:.0%}, {med('thread', 'p99_ms'):.1f} ms, {med('thread', 'cpu_us'):.0f} µs |"
+            if skeleton:
+                k = med("skeleton", "per_second")
+                line += f" {k:.0f}, {k / bare:.0%}, {med('skeleton', 'p99_ms'):.1f} ms, {med('skeleton', 'cpu_us'):.0f} µs |"
             lines.append(line)
     return "\n".join(lines)
 
@@ -182,6 +200,8 @@ def main() -> None:
                         help="where the durable app keeps its ledger")
     parser.add_argument("--no-thread", action="store_true",
                         help="SQLite: skip the product with its writer as a thread (measured beside it by default)")
+    parser.add_argument("--no-skeleton", action="store_true",
+                        help="skip bench/skeleton_app.py, the floor of a durable write (measured beside them by default)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed; on Debian: apt-get install wrk.")
@@ -200,10 +220,11 @@ def main() -> None:
         write_manifest(workdir / "policy-versions.json")
         for run in range(args.runs):
             for w in workers:
-                apps = ("bare", "durable") if postgres is not None or args.no_thread else ("bare", "durable", "thread")
+                apps = ("bare", *(() if args.no_skeleton else ("skeleton",)), "durable",
+                        *(() if postgres is not None or args.no_thread else ("thread",)))
                 for app in apps:  # interleaved, so drift in the machine hits them alike
                     ledger: Path | str = workdir / f"ledger-{app}-{run}-{w}.sqlite3"
-                    if postgres is not None and app != "bare":
+                    if postgres is not None and app in ("durable", "thread"):
                         ledger = postgres.create_database()
                     proc, port = start(app, w, workdir, ledger)
                     try:
@@ -215,8 +236,10 @@ def main() -> None:
                                   flush=True)
                     finally:
                         stop(proc)
-                    if app != "bare":
-                        acked = sum(s.ok for s in samples if s.app == app and s.workers == w and s.run == run)
+                    acked = sum(s.ok for s in samples if s.app == app and s.workers == w and s.run == run)
+                    if app == "skeleton":
+                        print(f"  skeleton: {check_skeleton(ledger, acked)}", flush=True)
+                    elif app != "bare":
                         print(f"  ledger: {check_ledger(ledger, acked)}", flush=True)
     if postgres is not None:
         postgres.stop()
