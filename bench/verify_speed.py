@@ -12,6 +12,10 @@ both alike, it times:
   memory first (the rate the issue compares with);
 - verify: Ledger.verify(), the full check (chain, links, columns, commitments) in one process per CPU;
 - one process: Ledger.verify(workers=1);
+- chain only: the least any verify must do, as a floor: each entry's stored bytes and hashes read from the file in
+  as many ranges as verify used processes, on a pool of that many processes started once, and one sha256 and two
+  comparisons per entry; no column, commitment, order or type check. What full verify adds is its own checks;
+
 
 and prints medians, the ratio verify / raw, CPU time, and once each the old one-process verify
 (form_handler.ledger.sqlite.verify.reference) and `policy-site ledger verify` as a command with its peak memory.
@@ -27,8 +31,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import apsw
 
 from form_handler.ledger.sqlite import verify
 from bench import scale_bench
@@ -40,6 +47,23 @@ def chained_sha256(canonicals: list[bytes]) -> str:
     for data in canonicals:
         prev = sha256(prev.encode() + data).hexdigest()
     return prev
+
+
+def chain_only(path: str, first: int, last: int) -> int:
+    """Entries in seq first..last whose hash or link does not hold: the chain's check and nothing else."""
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    sha256, broken, prev = hashlib.sha256, 0, None
+    for entry_hash, prev_hash, data in conn.execute(
+            "SELECT hash, prev_hash, canonical FROM entries WHERE seq BETWEEN ? AND ? ORDER BY seq", (first, last)):
+        broken += (prev is not None and prev_hash != prev) + (sha256(prev_hash.encode() + data).hexdigest() != entry_hash)
+        prev = entry_hash
+    conn.close()
+    return broken
+
+
+def chain_only_split(pool: ProcessPoolExecutor, path: Path, count: int, processes: int) -> int:
+    bounds = [count * i // processes for i in range(processes + 1)]
+    return sum(pool.map(chain_only, [str(path)] * processes, [b + 1 for b in bounds[:-1]], bounds[1:]))
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -86,10 +110,14 @@ def measure(path: Path, runs: int) -> None:
         raw: list[tuple[float, float]] = []
         full: list[tuple[float, float]] = []
         single: list[tuple[float, float]] = []
-        for _ in range(runs):
-            raw.append(timed(lambda: chained_sha256(canonicals))[:2])
-            full.append(timed(led.verify)[:2])
-            single.append(timed(lambda: led.verify(workers=1))[:2])
+        floor: list[tuple[float, float]] = []
+        with ProcessPoolExecutor(outcome.processes) as pool:
+            assert chain_only_split(pool, path, count, outcome.processes) == 0  # starts the pool's processes
+            for _ in range(runs):
+                raw.append(timed(lambda: chained_sha256(canonicals))[:2])
+                full.append(timed(led.verify)[:2])
+                single.append(timed(lambda: led.verify(workers=1))[:2])
+                floor.append(timed(lambda: chain_only_split(pool, path, count, outcome.processes))[:2])
     canonicals.clear()  # the bytes are not needed past here (a `del` would leave the lambdas above unbound)
 
     def line(name: str, samples: list[tuple[float, float]]) -> float:
@@ -105,11 +133,14 @@ def measure(path: Path, runs: int) -> None:
     raw_wall = line("raw chained sha256 (bytes in memory)", raw)
     full_wall = line(f"verify ({outcome.processes} process{'es' if outcome.processes > 1 else ''})", full)
     single_wall = line("verify (1 process)", single)
+    floor_wall = line(f"chain only ({outcome.processes} processes)", floor)
     pairs = sorted(r[0] / f[0] for r, f in zip(raw, full))
     print(f"  {'old verify (one process, once)':<34} {count / reference[0]:>11,.0f}/s  {reference[0]:6.3f} s")
     print(f"  ratio verify / raw: {raw_wall / full_wall:.2f} on the medians (pair by pair {pairs[0]:.2f}-{pairs[-1]:.2f});"
           f" 1 process {raw_wall / single_wall:.2f}; CPU per entry in one process, verify / raw:"
           f" {statistics.median(c for _, c in single) / statistics.median(c for _, c in raw):.1f}x")
+    print(f"  ratio chain only / raw: {raw_wall / floor_wall:.2f}; verify takes {full_wall / floor_wall:.1f}x the"
+          " chain-only time")
     print(f"  `policy-site ledger verify` as a command, once: {seconds:.2f} s, peak RSS {peak:.0f} MB of any of its"
           f" processes ({chain})")
 
