@@ -8,6 +8,7 @@ import fcntl
 import functools
 import operator
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from form_handler.ledger.contract import AppendConsent
 from form_handler.ledger.sqlite.store import Ledger, LedgerTxn
 from form_handler.ledger.sqlite.writer_process import ProcessWriter
 from form_handler.ledger.types import ConsentDraft, InvalidToken, LedgerError, LedgerRefusal, LedgerUnavailable, Receipt
+from form_handler.web.mail_routes import LinkUsed
 
 T = TypeVar("T")
 
@@ -98,6 +100,24 @@ def test_a_refusal_reaches_its_caller_as_itself_and_undoes_only_its_operation(tm
     assert isinstance(results[0], Receipt) and isinstance(results[2], Receipt)
     assert isinstance(results[1], InvalidToken) and results[1].field == "withdraw_token"
     assert entries(tmp_path / "ledger.sqlite3") == 3
+
+
+class _HeldBack(LedgerRefusal):
+    """A refusal whose __init__ takes other arguments than LedgerRefusal's, with a state of its own."""
+
+    def __init__(self, *, days: int) -> None:
+        super().__init__(f"Held back for {days} days.", "days")
+        self.days = days
+
+
+def test_every_refusal_crosses_the_process_boundary_as_itself() -> None:
+    # Answers travel from the child as pickles: a refusal that cannot be rebuilt would reach its caller as a 500.
+    for refusal in (InvalidToken("That token is wrong.", "withdraw_token"), LinkUsed("This link was already used."),
+                    _HeldBack(days=3)):
+        back = pickle.loads(pickle.dumps(refusal))
+        assert type(back) is type(refusal) and str(back) == str(refusal) and back.args == refusal.args
+        assert back.__dict__ == refusal.__dict__
+    assert pickle.loads(pickle.dumps(_HeldBack(days=3))).days == 3
 
 
 def test_one_bad_draft_in_a_run_of_submissions_refuses_only_that_one(tmp_path: Path) -> None:

@@ -26,8 +26,15 @@ class LedgerRefusal(LedgerError):
         self.field = field
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Refusals cross from the writer process to the service (writer_process.py) as pickles.
-        return (type(self), (str(self), self.field))
+        # Refusals cross from the writer process to the service (writer_process.py) as pickles. Rebuilt without
+        # calling __init__, so a subclass with another signature (mail_routes.LinkUsed) needs nothing of its own.
+        return (_rebuilt_refusal, (type(self), str(self), self.__dict__))
+
+
+def _rebuilt_refusal(cls: type[LedgerRefusal], message: str, state: dict[str, Any]) -> LedgerRefusal:
+    refusal = cls.__new__(cls, message)  # BaseException.__new__ keeps the message as args
+    refusal.__dict__.update(state)
+    return refusal
 
 
 class UnknownReceipt(LedgerRefusal):

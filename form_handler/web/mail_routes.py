@@ -43,9 +43,6 @@ class LinkUsed(LedgerRefusal):
     def __init__(self, message: str) -> None:
         super().__init__(message, "token")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self),))
-
 
 @dataclass(frozen=True)
 class Link:
