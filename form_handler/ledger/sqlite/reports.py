@@ -14,7 +14,6 @@ import apsw
 from form_handler.ledger.chain import FLAG_COLUMNS, GENESIS, TEXT_COLUMNS
 from form_handler.ledger.rows import MIN_COUNT, export_rows, stats_shape, third_party_rows
 # The sentences and checks every backend shares (ledger/rows.py), re-exported for verify_range.py.
-from form_handler.ledger.rows import EXPORT_FIELDS as EXPORT_FIELDS
 from form_handler.ledger.rows import commitment_problem as commitment_problem
 from form_handler.ledger.rows import commitment_wrong as commitment_wrong
 from form_handler.ledger.rows import link_problem as link_problem
