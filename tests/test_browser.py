@@ -8,7 +8,6 @@ tests/test_browser_support.py.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from form_handler.web.pages import CONFIRMATION_SENTENCE, CONFIRMATION_WAITS
 from scripts.demo_site import ACTIVE_CHANGE, ADDED_WORD, REMOVED_WORD, Server, ledger_export, manifest
 
 pytestmark = pytest.mark.browser
+__all__ = ["browser", "server", "site_server"]  # module fixtures, used by name
 
 
 def _policy(site_dir: Path) -> dict[str, Any]:

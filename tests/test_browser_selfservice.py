@@ -24,6 +24,7 @@ from form_handler.ledger.sqlite.store import Ledger
 from scripts.demo_site import ACTIVE_CHANGE, Server, free_port, ledger_export, serve
 
 pytestmark = pytest.mark.browser
+__all__ = ["browser"]  # a module fixture, used by name
 SECRET = "browser-selfservice-secret"
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import posixpath
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit

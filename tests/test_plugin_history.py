@@ -7,13 +7,10 @@ the failing cases (unrecorded edit, shallow clone) build clones of it.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
 import posixpath
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import feedparser
