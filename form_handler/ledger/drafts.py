@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import time
 from typing import Any
 
 from form_handler.ledger.chain import FLAG_COLUMNS, KINDS, RESERVED, TEXT_COLUMNS
-from form_handler.ledger.types import LedgerRefusal
+from form_handler.ledger.types import Entry, InvalidToken, LedgerRefusal
 
-__all__ = ["_check_fields", "_check_text", "_check_withdrawal", "_receipt_secrets", "new_receipt_secrets"]
+__all__ = ["_check_fields", "_check_text", "_check_withdrawal", "_receipt_secrets", "check_withdraw_token",
+           "new_receipt_secrets", "token_digest"]
 
 
 def _check_text(name: str, value: object, *, optional: bool = False) -> None:
@@ -77,3 +80,14 @@ def _receipt_secrets(count: int, now: float | None = None) -> list[tuple[str, st
         token = base64.urlsafe_b64encode(raw[at + 10:at + 42]).rstrip(b"=").decode("ascii")
         out.append((f"{ms:012x}{raw[at:at + 10].hex()}", token, raw[at + 42:at + 58]))
     return out
+
+
+def token_digest(token: str) -> str:
+    """What a consent keeps of its withdraw token (chained as withdraw_token_sha256): the token is shown once."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def check_withdraw_token(consent: Entry, token: object) -> None:
+    """Raise InvalidToken unless `token` is the withdraw token of `consent`, compared in constant time."""
+    if not hmac.compare_digest(token_digest(str(token)), str(consent.fields.get("withdraw_token_sha256", ""))):
+        raise InvalidToken("withdraw_token does not match this receipt.", "withdraw_token")

@@ -5,8 +5,6 @@ with people.py and mailbox.py; the rules are the same and live outside (chain.py
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +16,10 @@ from form_handler.ledger.chain import (
     ENTRY_VERSION, FLAG_COLUMNS, GENESIS, RESERVED, TEXT_COLUMNS, canonical, commitment, entry_hash, utc_now,
 )
 from form_handler.ledger.contract import AddressRow, ClaimedMail, ConsentAddress, EntryRow
-from form_handler.ledger.drafts import _check_fields, _check_text, check_append, new_receipt_secrets
+from form_handler.ledger.drafts import _check_fields, _check_text, check_append, check_withdraw_token, new_receipt_secrets, token_digest
 from form_handler.ledger.postgres.schema import APPEND_LOCK
 from form_handler.ledger.types import (
-    ConsentDraft, Entry, InvalidToken, LedgerRefusal, Receipt, ReceiptStatus, UnknownReceipt,
+    ConsentDraft, Entry, LedgerRefusal, Receipt, ReceiptStatus, UnknownReceipt,
 )
 
 # The withdrawal rule (types.withdraws_all) as SQL over an entries row: one naming no consent withdraws them all.
@@ -149,7 +147,7 @@ class PgTxn:
         fields = {
             "policy_id": draft.policy_id, "policy_version": draft.policy_version, **flags,
             "commitment": commitment(salt, draft.email, draft.message, draft.page, v=ENTRY_VERSION),
-            "withdraw_token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+            "withdraw_token_sha256": token_digest(token),
         }
         entry = self._append("consent", receipt_id, fields, personal=(
             salt, draft.email, draft.message, draft.page, None if draft.email is None else email_key(draft.email)))
@@ -177,9 +175,7 @@ class PgTxn:
     def withdraw(self, receipt_id: str, token: str) -> Entry:
         """Withdraw every consent of a receipt. Idempotent: a second call returns the first withdrawal."""
         consent = self._consent(receipt_id)
-        given = hashlib.sha256(str(token).encode("utf-8", "surrogatepass")).hexdigest()
-        if not hmac.compare_digest(given, str(consent.fields.get("withdraw_token_sha256", ""))):
-            raise InvalidToken("withdraw_token does not match this receipt.", "withdraw_token")
+        check_withdraw_token(consent, token)
         return self._existing("withdrawal", receipt_id) or self._append("withdrawal", receipt_id, {})
 
     def erase(self, receipt_id: str) -> Entry:

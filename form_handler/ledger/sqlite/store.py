@@ -6,8 +6,6 @@ message and page live in the erasable `personal` table; the entry holds only a s
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +28,7 @@ from form_handler.ledger.types import (
     LedgerUnavailable, Receipt, ReceiptStatus, UnknownReceipt,
 )
 from form_handler.ledger.sqlite.readers import ReadPool
-from form_handler.ledger.drafts import _check_fields, _check_text, check_append, _receipt_secrets, new_receipt_secrets
+from form_handler.ledger.drafts import _check_fields, _check_text, check_append, check_withdraw_token, _receipt_secrets, new_receipt_secrets, token_digest
 from form_handler.ledger.sqlite.mailbox import MailTables
 from form_handler.ledger.sqlite.people import PeopleReads
 from form_handler.ledger.sqlite.schema import (
@@ -126,7 +124,7 @@ class LedgerTxn(PeopleReads, MailTables):
             "consent_contact": draft.consent_contact, "consent_updates": draft.consent_updates,
             "consent_third_parties": draft.consent_third_parties,
             "commitment": commitment(salt, draft.email, draft.message, draft.page, v=ENTRY_VERSION),
-            "withdraw_token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+            "withdraw_token_sha256": token_digest(token),
         }
         # email_key: the address as compared (addresses.py), indexed to find a person's receipts (schema 4).
         person = (receipt_id, salt, draft.email, draft.message, draft.page,
@@ -197,9 +195,7 @@ class LedgerTxn(PeopleReads, MailTables):
     def withdraw(self, receipt_id: str, token: str) -> Entry:
         """Withdraw every consent of a receipt. Idempotent: a second call returns the first withdrawal."""
         consent = self._consent(receipt_id)
-        given = hashlib.sha256(str(token).encode("utf-8", "surrogatepass")).hexdigest()
-        if not hmac.compare_digest(given, str(consent.fields.get("withdraw_token_sha256", ""))):
-            raise InvalidToken("withdraw_token does not match this receipt.", "withdraw_token")
+        check_withdraw_token(consent, token)
         return self._existing("withdrawal", receipt_id) or self._append("withdrawal", receipt_id, {})
 
     def erase(self, receipt_id: str) -> Entry:
