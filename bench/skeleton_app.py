@@ -1,20 +1,22 @@
 """The bench's floor for a durable write: the bare endpoint's parsing (bench/bare_app.py) plus the least the
 deployed design costs, so bench/throughput.py can show where the time of the product's own path goes.
 
-Each uvicorn worker hands the message to a writer process of its own over a private socketpair (as the product's
-SQLite writer does); the writer takes whatever has arrived, INSERTs it as one batch, COMMITs with WAL and
-synchronous=FULL, and only then acknowledges, so every 303 follows an fsync. Nothing else: no entry, chain,
-commitment, statistics, receipt page, host check or security header. Not part of the product.
+Each uvicorn worker hands the message to a writer process of its own over a private socketpair, started as the
+product's SQLite writer is (ledger/sqlite/children.py); the writer takes whatever has arrived, INSERTs it as one
+batch, COMMITs with WAL and synchronous=FULL, and only then acknowledges, so every 303 follows an fsync. Writers of
+several workers queue on an flock around each batch, as the product's do (writer.py, _PeerLock). Nothing else: no
+entry, chain, commitment, statistics, receipt page, host check or security header. Not part of the product.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
-import multiprocessing
 import os
 import socket
 import struct
+import subprocess
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +28,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from bench.bare_app import parsed
+from form_handler.ledger.sqlite.children import start_python
 
 _LENGTH = struct.Struct("!I")
 
@@ -46,9 +49,10 @@ def stored(path: str) -> int:
     return count
 
 
-def write_messages(sock: socket.socket, path: str) -> None:
+def write_messages(fd: int, path: str) -> None:
     """The writer process: length-prefixed messages in, one COMMIT per batch, the batch's size back."""
-    conn, buffered = connect(path), b""
+    sock, conn, buffered = socket.socket(fileno=fd), connect(path), b""
+    peers = os.open(path + ".writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
     while data := sock.recv(1 << 20):
         buffered += data
         batch = []
@@ -56,10 +60,17 @@ def write_messages(sock: socket.socket, path: str) -> None:
             batch.append(buffered[4:4 + size])
             buffered = buffered[4 + size:]
         if batch:
-            with conn:  # BEGIN ... COMMIT
-                conn.executemany("INSERT INTO messages (message, hash) VALUES (?, ?)",
-                                 [(m.decode(), hashlib.sha256(m).hexdigest()) for m in batch])
+            fcntl.flock(peers, fcntl.LOCK_EX)  # SQLite's busy handler alone sleeps up to 100 ms between tries
+            try:
+                with conn:  # BEGIN ... COMMIT
+                    conn.executemany("INSERT INTO messages (message, hash) VALUES (?, ?)",
+                                     [(m.decode(), hashlib.sha256(m).hexdigest()) for m in batch])
+            finally:
+                fcntl.flock(peers, fcntl.LOCK_UN)
             sock.sendall(_LENGTH.pack(len(batch)))
+
+
+_CHILD = "import sys; from bench.skeleton_app import write_messages; write_messages(int(sys.argv[1]), sys.argv[2])"
 
 
 class Writer:
@@ -67,20 +78,30 @@ class Writer:
 
     async def start(self, path: str) -> None:
         ours, theirs = socket.socketpair()
-        self.process = multiprocessing.get_context("spawn").Process(target=write_messages, args=(theirs, path))
-        self.process.start()
+        # form_handler's parent, first on the child's path, is the bench's root too: bench.skeleton_app imports.
+        self.process = start_python(_CHILD, str(theirs.fileno()), path, pass_fds=(theirs.fileno(),),
+                                    stdin=subprocess.DEVNULL)
         theirs.close()
         self.reader, self.writer = await asyncio.open_connection(sock=ours)
         self.waiting: deque[asyncio.Future[None]] = deque()
         self.acks = asyncio.create_task(self._acknowledge())
 
     async def _acknowledge(self) -> None:
-        while True:
-            (count,) = _LENGTH.unpack(await self.reader.readexactly(4))
-            for _ in range(count):
-                self.waiting.popleft().set_result(None)
+        try:
+            while True:
+                (count,) = _LENGTH.unpack(await self.reader.readexactly(4))
+                for _ in range(count):
+                    done = self.waiting.popleft()
+                    if not done.done():  # its request was cancelled (the client went away)
+                        done.set_result(None)
+        finally:  # the writer died or the service stops: nobody waits for an answer that cannot come
+            for done in self.waiting:
+                if not done.done():
+                    done.set_exception(RuntimeError("the skeleton's writer process is gone"))
 
     async def write(self, message: bytes) -> None:
+        if self.acks.done():
+            raise RuntimeError("the skeleton's writer process is gone")
         done = asyncio.get_running_loop().create_future()
         self.waiting.append(done)
         self.writer.write(_LENGTH.pack(len(message)) + message)
@@ -89,7 +110,7 @@ class Writer:
     async def stop(self) -> None:
         self.acks.cancel()
         self.writer.close()
-        await asyncio.to_thread(self.process.join, 10)
+        await asyncio.to_thread(self.process.wait, 10)
 
 
 writer = Writer()
