@@ -110,10 +110,17 @@ class _HeldBack(LedgerRefusal):
         self.days = days
 
 
-def test_every_refusal_crosses_the_process_boundary_as_itself() -> None:
+class _Worded(LedgerRefusal):
+    """A refusal that words its message itself."""
+
+    def __str__(self) -> str:
+        return f"Refused: {self.args[0]}"
+
+
+def test_refusals_survive_pickling_as_the_writer_process_sends_them() -> None:
     # Answers travel from the child as pickles: a refusal that cannot be rebuilt would reach its caller as a 500.
     for refusal in (InvalidToken("That token is wrong.", "withdraw_token"), LinkUsed("This link was already used."),
-                    _HeldBack(days=3)):
+                    _HeldBack(days=3), _Worded("too late", "date")):
         back = pickle.loads(pickle.dumps(refusal))
         assert type(back) is type(refusal) and str(back) == str(refusal) and back.args == refusal.args
         assert back.__dict__ == refusal.__dict__

@@ -26,15 +26,14 @@ class LedgerRefusal(LedgerError):
         self.field = field
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Refusals cross from the writer process to the service (writer_process.py) as pickles. Rebuilt without
-        # calling __init__, so a subclass with another signature (mail_routes.LinkUsed) needs nothing of its own.
-        return (_rebuilt_refusal, (type(self), str(self), self.__dict__))
+        # Refusals cross from the writer process to the service (writer_process.py) as pickles. Rebuilt from its
+        # args and attributes without calling __init__, so a subclass with another signature (mail_routes.LinkUsed)
+        # or its own __str__ needs nothing of its own.
+        return (_new_refusal, (type(self), self.args), self.__dict__)
 
 
-def _rebuilt_refusal(cls: type[LedgerRefusal], message: str, state: dict[str, Any]) -> LedgerRefusal:
-    refusal = cls.__new__(cls, message)  # BaseException.__new__ keeps the message as args
-    refusal.__dict__.update(state)
-    return refusal
+def _new_refusal(cls: type[LedgerRefusal], args: tuple[Any, ...]) -> LedgerRefusal:
+    return cls.__new__(cls, *args)  # BaseException.__new__ keeps args; pickle then sets the attributes
 
 
 class UnknownReceipt(LedgerRefusal):
