@@ -16,7 +16,9 @@ from form_handler.ledger.chain import (
     ENTRY_VERSION, FLAG_COLUMNS, GENESIS, RESERVED, TEXT_COLUMNS, canonical, commitment, entry_hash, utc_now,
 )
 from form_handler.ledger.contract import AddressRow, ClaimedMail, ConsentAddress, EntryRow
-from form_handler.ledger.drafts import _check_fields, _check_text, check_append, check_withdraw_token, new_receipt_secrets, token_digest
+from form_handler.ledger.drafts import (
+    _check_fields, _check_text, check_append, check_withdraw_token, new_receipt_secrets, token_digest,
+)
 from form_handler.ledger.postgres.schema import APPEND_LOCK
 from form_handler.ledger.types import (
     ConsentDraft, Entry, LedgerRefusal, Receipt, ReceiptStatus, UnknownReceipt,

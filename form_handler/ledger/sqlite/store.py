@@ -28,7 +28,9 @@ from form_handler.ledger.types import (
     LedgerUnavailable, Receipt, ReceiptStatus, UnknownReceipt,
 )
 from form_handler.ledger.sqlite.readers import ReadPool
-from form_handler.ledger.drafts import _check_fields, _check_text, check_append, check_withdraw_token, _receipt_secrets, new_receipt_secrets, token_digest
+from form_handler.ledger.drafts import (
+    _check_fields, _check_text, _receipt_secrets, check_append, check_withdraw_token, new_receipt_secrets, token_digest,
+)
 from form_handler.ledger.sqlite.mailbox import MailTables
 from form_handler.ledger.sqlite.people import PeopleReads
 from form_handler.ledger.sqlite.schema import (
