@@ -81,7 +81,9 @@ def test_previous_secret_from_the_environment_verifies_until_its_day() -> None:
            "POLICY_SITE_SECRET_PREVIOUS_UNTIL": TODAY.isoformat()}
     loaded = keys.load(Settings.from_env(env))
     assert loaded.signing == keys.from_secret("new")
-    assert loaded.verifying(time.time()) == (keys.from_secret("new"), keys.from_secret("old"))
+    # At the last second of its day and the first after, not at time.time(): a suite that runs past midnight moved
+    # "now" beyond the TODAY read at import, and the old key was (rightly) gone.
+    assert loaded.verifying(keys.end_of_day(TODAY)) == (keys.from_secret("new"), keys.from_secret("old"))
     assert loaded.verifying(keys.end_of_day(TODAY) + 1) == (keys.from_secret("new"),)
 
 
