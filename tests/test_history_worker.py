@@ -31,6 +31,13 @@ def _policy(root: Path) -> PolicySource:
     return PolicySource("privacy", "Privacy", "privacy/", "privacy.md", str(root / "docs/privacy.md"), "docs/privacy.md", None, (), True)
 
 
+def _one_version_worker(tmp_path: Path, fork: bool) -> tuple[Path, HistoryWorker]:
+    """A repository whose docs/privacy.md has one commit, and a worker over it."""
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("2024-01-10", {"docs/privacy.md": "# Privacy\n\nOne.\n"}, message="First")
+    return repo.root, HistoryWorker(repo.root, str(repo.root / "docs"), fork=fork)
+
+
 @MODES
 def test_worker_answers_the_status_lines_then_writes_the_pages(tmp_path: Path, fork: bool) -> None:
     repo = GitRepo(tmp_path / "repo")
@@ -54,11 +61,9 @@ def test_worker_answers_the_status_lines_then_writes_the_pages(tmp_path: Path, f
 
 @MODES
 def test_worker_without_a_page_shell_fails_saying_so(tmp_path: Path, fork: bool) -> None:
-    repo = GitRepo(tmp_path / "repo")
-    repo.commit("2024-01-10", {"docs/privacy.md": "# Privacy\n\nOne.\n"}, message="First")
-    worker = HistoryWorker(repo.root, str(repo.root / "docs"), fork=fork)
+    root, worker = _one_version_worker(tmp_path, fork)
     try:
-        for message in (_site(repo.root, tmp_path / "site"), _policy(repo.root), Finish("changes.xml", BUILD)):
+        for message in (_site(root, tmp_path / "site"), _policy(root), Finish("changes.xml", BUILD)):
             worker.send(message)
         worker.statuses()
         outcome = worker.result()  # the generator rendered no 404 page
@@ -93,12 +98,10 @@ def test_worker_of_a_build_that_failed_is_stopped(tmp_path: Path, fork: bool) ->
 
 @MODES
 def test_worker_gets_pages_sent_without_a_flush_with_the_next_message(tmp_path: Path, fork: bool) -> None:
-    repo = GitRepo(tmp_path / "repo")
-    repo.commit("2024-01-10", {"docs/privacy.md": "# Privacy\n\nOne.\n"}, message="First")
-    worker = HistoryWorker(repo.root, str(repo.root / "docs"), fork=fork)
+    root, worker = _one_version_worker(tmp_path, fork)
     try:
-        worker.send(_site(repo.root, tmp_path / "site"))
-        worker.send(_policy(repo.root), flush=False)  # as the plugin sends each page: it waits in the buffer
+        worker.send(_site(root, tmp_path / "site"))
+        worker.send(_policy(root), flush=False)  # as the plugin sends each page: it waits in the buffer
         worker.send(Finish("changes.xml", BUILD))
         status = worker.statuses().policies["privacy.md"]
     finally:
