@@ -60,9 +60,7 @@ def relative_url(target: str, page_url: str) -> str:
     else:
         # What relpath gives for such paths, without its abspath (a getcwd each) on every policy page.
         start, path = [s for s in start if s], [p for p in path if p]
-        common = 0
-        while common < min(len(start), len(path)) and start[common] == path[common]:
-            common += 1
+        common = len(posixpath.commonprefix([start, path]))  # segment by segment, as relpath counts them
         rel = "/".join([".."] * (len(start) - common) + path[common:]) or "."
     if target.endswith("/") or target == "":
         rel = rel.rstrip("/") + "/"
