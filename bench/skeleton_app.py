@@ -4,14 +4,13 @@ deployed design costs, so bench/throughput.py can show where the time of the pro
 Each uvicorn worker hands the message to a writer process of its own over a private socketpair, started as the
 product's SQLite writer is (ledger/sqlite/children.py); the writer takes whatever has arrived, INSERTs it as one
 batch, COMMITs with WAL and synchronous=FULL, and only then acknowledges, so every 303 follows an fsync. Writers of
-several workers queue on an flock around each batch, as the product's do (writer.py, _PeerLock). Nothing else: no
+several workers queue around each batch on the product's own flock (writer.py, _PeerLock). Nothing else: no
 entry, chain, commitment, statistics, receipt page, host check or security header. Not part of the product.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import os
 import socket
@@ -20,6 +19,7 @@ import subprocess
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import apsw
 from starlette.applications import Starlette
@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from bench.bare_app import parsed
 from form_handler.ledger.sqlite.children import start_python
+from form_handler.ledger.sqlite.writer import _PeerLock
 
 _LENGTH = struct.Struct("!I")
 
@@ -52,7 +53,7 @@ def stored(path: str) -> int:
 def write_messages(fd: int, path: str) -> None:
     """The writer process: length-prefixed messages in, one COMMIT per batch, the batch's size back."""
     sock, conn, buffered = socket.socket(fileno=fd), connect(path), b""
-    peers = os.open(path + ".writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    peers = _PeerLock(Path(path + ".writer-lock"))  # SQLite's busy handler alone sleeps up to 100 ms between tries
     while data := sock.recv(1 << 20):
         buffered += data
         batch = []
@@ -60,13 +61,13 @@ def write_messages(fd: int, path: str) -> None:
             batch.append(buffered[4:4 + size])
             buffered = buffered[4 + size:]
         if batch:
-            fcntl.flock(peers, fcntl.LOCK_EX)  # SQLite's busy handler alone sleeps up to 100 ms between tries
+            peers.acquire()
             try:
                 with conn:  # BEGIN ... COMMIT
                     conn.executemany("INSERT INTO messages (message, hash) VALUES (?, ?)",
                                      [(m.decode(), hashlib.sha256(m).hexdigest()) for m in batch])
             finally:
-                fcntl.flock(peers, fcntl.LOCK_UN)
+                peers.release()
             sock.sendall(_LENGTH.pack(len(batch)))
 
 
